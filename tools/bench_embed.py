@@ -1,0 +1,104 @@
+"""Embedding-extraction speed: images/s of eval.verification.extract_embeddings per network and mode.
+
+    python tools/bench_embed.py --network seesaw_shuffle,mobilefacenet --batch-size 64
+
+Modes: ``imperative`` (no hybridize), ``plain`` (hybridized, static_alloc/static_shape), ``fused``
+(plain + oneDNN operator fusion, backend='MKLDNN'; CPU only). Images/s counts each image once with its
+horizontal flip included in the cost (as in verification), unless ``--no-flip``. Each mode's embeddings
+are checked against the first mode's (largest absolute difference printed).
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+MODES = ("imperative", "plain", "fused")
+
+
+def build_parser():
+    import argparse
+    parser = argparse.ArgumentParser(description="Measure embedding extraction speed (images/s).")
+    parser.add_argument("--network", default="seesaw_shuffle,mobilefacenet",
+                        help="comma-separated names from symbols.list_models()")
+    parser.add_argument("--modes", default="plain,fused", help=f"comma-separated from {', '.join(MODES)}")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-images", type=int, default=256, help="images embedded per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per mode; the best is reported")
+    parser.add_argument("--emb-size", type=int, default=512)
+    parser.add_argument("--gpus", default="", help="GPU ids, e.g. 0 (default: CPU; 'fused' is CPU only)")
+    parser.add_argument("--no-flip", action="store_true")
+    return parser
+
+
+def benchmark(name, modes, batch_size=64, num_images=256, repeat=3, emb_size=512, ctx=None, flip=True):
+    """``[{'network', 'mode', 'images_per_sec', 'ms_per_batch', 'max_abs_diff'}, ...]`` for one network."""
+    import mxnet as mx
+
+    import symbols
+    from eval.verification import as_ctx_list, extract_embeddings, prepare_for_inference
+
+    ctxs = as_ctx_list(ctx)
+    images = np.random.RandomState(0).randint(0, 256, (num_images, 112, 112, 3)).astype(np.uint8)
+    rows, reference = [], None
+    for mode in modes:
+        mx.random.seed(0)
+        net = symbols.get_model(name, emb_size=emb_size)
+        net.initialize(mx.init.Xavier(), ctx=ctxs)
+        if mode == "plain":
+            prepare_for_inference(net, ctxs, fuse=False)
+        elif mode == "fused":
+            if any(c.device_type != "cpu" for c in ctxs):
+                raise ValueError("mode 'fused' (oneDNN) is for CPU contexts only")
+            prepare_for_inference(net, ctxs, fuse=True)
+        extract_embeddings(net, images[:batch_size], ctx=ctxs, batch_size=batch_size, flip=flip)
+        best, embeddings = None, None
+        for _ in range(max(1, repeat)):
+            begin = time.perf_counter()
+            embeddings = extract_embeddings(net, images, ctx=ctxs, batch_size=batch_size, flip=flip)
+            seconds = time.perf_counter() - begin
+            best = seconds if best is None else min(best, seconds)
+        if reference is None:
+            reference = embeddings
+        batches = -(-num_images // batch_size)
+        rows.append({"network": name, "mode": mode, "images_per_sec": num_images / best,
+                     "ms_per_batch": 1000 * best / batches,
+                     "max_abs_diff": float(np.abs(embeddings - reference).max())})
+    return rows
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from eval.verification import parse_gpus
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    if args.batch_size < 1 or args.num_images < 1:
+        raise ValueError("--batch-size and --num-images must be >= 1")
+    ctx = parse_gpus(args.gpus)
+    names = [n.strip() for n in args.network.split(",") if n.strip()]
+    import symbols
+    missing = [n for n in names if n not in symbols.list_models()]
+    if missing:
+        raise ValueError(f"unknown network(s) {missing}; choose from {', '.join(symbols.list_models())}")
+    print(f"device {', '.join(str(c) for c in ctx)}, batch {args.batch_size}, {args.num_images} images, "
+          f"flip {'off' if args.no_flip else 'on'}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    header = f"{'network':<22}{'mode':<12}{'images/s':>10}{'ms/batch':>10}{'max |diff|':>12}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        for row in benchmark(name, modes, args.batch_size, args.num_images, args.repeat, args.emb_size, ctx,
+                             flip=not args.no_flip):
+            print(f"{row['network']:<22}{row['mode']:<12}{row['images_per_sec']:>10.1f}"
+                  f"{row['ms_per_batch']:>10.1f}{row['max_abs_diff']:>12.2e}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from tools._cli import run_cli
+    run_cli(main)
