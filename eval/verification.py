@@ -381,7 +381,7 @@ def format_table(results):
         for t in targets:
             entry = r["tar_at_far"].get(t)
             row.append("-" if entry is None else f"{100 * entry['tar']:.2f} ({entry['far']:.1e})")
-        row.append(f"{r['xnorm']:.2f}")
+        row.append(f"{r['xnorm']:.4g}")
         row.append(f"{r['images_per_sec']:.1f}" if "images_per_sec" in r else "-")
         rows.append(row)
     widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]

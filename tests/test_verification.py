@@ -222,17 +222,34 @@ def test_command_line_writes_table_json_and_roc(bin_dir, tmp_path, capsys):
     assert roc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_command_line_errors_are_one_line(bin_dir, tmp_path):
+def test_command_line_errors_are_one_line(bin_dir, tmp_path, capsys, monkeypatch):
+    from tools._cli import run_cli
+
+    monkeypatch.delenv("SEESAW_DEBUG", raising=False)
     prefix = export(tiny_net(), str(tmp_path / "model"))
-    script = os.path.join(ROOT, "eval", "verification.py")
-
-    def run(*args):
-        env = dict(os.environ, SEESAW_DEBUG="")
-        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-
-    missing = run("--model", prefix + ",0", "--data-dir", str(bin_dir), "--target", "lfw")
+    env = dict(os.environ, SEESAW_DEBUG="")
+    missing = subprocess.run([sys.executable, os.path.join(ROOT, "eval", "verification.py"), "--model",
+                              prefix + ",0", "--data-dir", str(bin_dir), "--target", "lfw"],
+                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("error: ") and "no verification set lfw" in missing.stderr
-    unsorted = run("--model", prefix + ",0", "--data-dir", str(bin_dir), "--target", "sorted")
-    assert unsorted.returncode == 2 and "set sorted:" in unsorted.stderr
-    assert "no negative (different-identity) pair in fold(s) 0-4" in unsorted.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(verification.main, ["--model", prefix + ",0", "--data-dir", str(bin_dir), "--target", "sorted"])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: set sorted: ")
+    assert "no negative (different-identity) pair in fold(s) 0-4" in stderr
+
+
+def test_fused_cpu_inference_matches_plain_for_a_real_network():
+    """oneDNN fusion (what the command line uses on CPU) must not change a Seesaw network's embeddings."""
+    import symbols
+
+    net = symbols.get_model("seesaw_shuffle", emb_size=16)
+    net.initialize(mx.init.Xavier())
+    images = random_images(3, seed=2)
+    plain = extract_embeddings(net, images, batch_size=2)
+    fused = extract_embeddings(prepare_for_inference(net, [mx.cpu()]), images, batch_size=2)
+    scale = np.abs(plain).max()
+    assert scale > 0 and np.isfinite(plain).all()
+    np.testing.assert_allclose(fused / scale, plain / scale, atol=1e-4)
