@@ -90,11 +90,13 @@ class PartialFC:
 
     Parameters: ``num_classes``, ``emb_size``; ``contexts`` (list of mx.Context, one shard each);
     ``sample_rate`` in (0, 1]; ``scale`` s and ``margins`` (m1, m2, m3) of SPEC §3 (default ArcFace 64, 0.5);
-    ``momentum``, ``wd`` of the fc7 SGD update; ``init_std``, ``seed`` of the N(0, std²) initialisation.
+    ``momentum``, ``wd`` of the fc7 SGD update; ``init_std``, ``seed`` of the N(0, std²) initialisation
+    (must be the same on every worker); ``sample_seed`` of the negative sampling (default: from ``seed``;
+    give each distributed worker its own, e.g. ``seed + rank``).
     """
 
     def __init__(self, num_classes, emb_size, contexts, sample_rate=1.0, scale=64.0, margins=(1.0, 0.5, 0.0),
-                 momentum=0.9, wd=5e-4, init_std=0.01, seed=0):
+                 momentum=0.9, wd=5e-4, init_std=0.01, seed=0, sample_seed=None):
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"--sample-rate must be in (0, 1], got {sample_rate}")
         contexts = list(contexts) if isinstance(contexts, (list, tuple)) else [contexts]
@@ -104,7 +106,7 @@ class PartialFC:
         self.sample_rate = float(sample_rate)
         self.scale, self.margins = float(scale), tuple(float(m) for m in margins)
         self.momentum, self.wd = float(momentum), float(wd)
-        self._rng = np.random.RandomState(seed + 7919)
+        self._rng = np.random.RandomState(seed + 7919 if sample_seed is None else sample_seed)
         self.weights, self.momenta, self.masks = [], [], []
         for (start, end), ctx in zip(self.ranges, contexts):
             weight = mx.nd.array(init_weight_rows(start, end, self.emb_size, init_std, seed), ctx=ctx)

@@ -45,23 +45,7 @@ print("finished", flush=True)
 '''
 
 
-def job_processes(launch_id):
-    """PIDs of live processes whose environment carries this job's launch id (zombies excluded)."""
-    marker = f"{launch.LAUNCH_ID_ENV}={launch_id}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as handle:
-                env = handle.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in env and state != b"Z":
-            found.append((int(name), env))
-    return found
+job_processes = launch.job_processes
 
 
 def wait_for_no_processes(launch_id, seconds=10.0):

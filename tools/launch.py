@@ -90,6 +90,29 @@ def parse_hostfile(path):
     return hosts
 
 
+def job_processes(launch_id):
+    """Live processes on this machine whose environment carries ``SEESAW_LAUNCH_ID=launch_id``.
+
+    Returns ``[(pid, environ_entries), ...]`` (zombies excluded); children inherit the variable, so this
+    finds DataLoader workers too. Linux only (reads /proc).
+    """
+    marker = f"{LAUNCH_ID_ENV}={launch_id}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                env = handle.read().split(b"\0")
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in env and state != b"Z":
+            found.append((int(name), env))
+    return found
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that is free on ``host`` right now (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
