@@ -228,14 +228,6 @@ def load_model(spec, ctx=None):
 # embedding extraction
 
 
-def _normalize(batch_uint8_nhwc):
-    """(x - 127.5) / 128, NHWC uint8 -> NCHW float32 (the network input of SPEC §1)."""
-    x = batch_uint8_nhwc.astype(np.float32)
-    x -= 127.5
-    x *= 1.0 / 128
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
 def _check_param_contexts(net, ctxs):
     """Gluon needs the parameters on every device the batch is split over; say so before MXNet does."""
     if not hasattr(net, "collect_params"):
@@ -272,6 +264,7 @@ def extract_embeddings(net, images, ctx=None, batch_size=64, flip=True, progress
     (:func:`evaluate` normalises after the sum). ``progress`` shows a tqdm bar.
     """
     mx = _mx()
+    from datasets import normalize
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (M, H, W, 3) RGB, got {images.dtype} {images.shape}")
@@ -295,7 +288,7 @@ def extract_embeddings(net, images, ctx=None, batch_size=64, flip=True, progress
             count = len(chunk)
             if count < batch_size:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - count, axis=0)])
-            x = _normalize(chunk)
+            x = normalize(chunk)
             out = _forward(net, x, ctxs)
             _check_embedding_output(out, batch_size, "network")
             if flip:

@@ -89,8 +89,8 @@ def test_flip_sum_is_raw_and_normalised_only_after_the_sum():
 def test_last_partial_batch_and_batch_size_do_not_change_embeddings():
     net = tiny_net()
     images = random_images(23)
-    reference = (net(mx.nd.array(verification._normalize(images))).asnumpy()
-                 + net(mx.nd.array(verification._normalize(images[:, :, ::-1].copy()))).asnumpy())
+    reference = (net(mx.nd.array(datasets.normalize(images))).asnumpy()
+                 + net(mx.nd.array(datasets.normalize(images[:, :, ::-1].copy()))).asnumpy())
     for batch_size in (1, 5, 23, 64):
         emb = extract_embeddings(net, images, batch_size=batch_size)
         assert emb.shape == (23, 8) and emb.dtype == np.float32
@@ -169,7 +169,7 @@ def test_onnx_model(tmp_path, batch):
     weight = _onnx_model(path, batch)
     images = random_images(7)
     emb = extract_embeddings(load_model(path), images, batch_size=5)
-    pooled = verification._normalize(images).mean(axis=(2, 3))
+    pooled = datasets.normalize(images).mean(axis=(2, 3))
     np.testing.assert_allclose(emb, 2 * pooled @ weight, rtol=1e-4, atol=1e-5)
 
 
