@@ -318,6 +318,7 @@ def load_sets(data_dir, targets=None):
         names = [t.strip() for t in targets.split(",") if t.strip()]
     else:
         names = list(targets)
+    names = [n[:-len(".bin")] if n.endswith(".bin") else n for n in names]
     if not names:
         raise ValueError(f"{data_dir}: no verification sets (*.bin) to evaluate")
     missing = [n for n in names if n not in available]
@@ -467,7 +468,10 @@ def main(argv=None):
     net = load_model(args.model, ctx)
     net = prepare_for_inference(net, ctx, fuse=not args.no_fuse)
     print(f"model {args.model} on {', '.join(str(c) for c in ctx)}; sets: "
-          + ", ".join(f"{name} ({len(issame)} pairs)" for name, (_, issame) in sets.items()), flush=True)
+          + ", ".join(f"{name} ({len(issame)} pairs)" for name, (_, issame) in sets.items())
+          + "; warming up", flush=True)
+    first_images = next(iter(sets.values()))[0]
+    extract_embeddings(net, first_images[:args.batch_size], ctx=ctx, batch_size=args.batch_size, flip=False)
     results = verify_sets(net, sets, ctx=ctx, batch_size=args.batch_size, flip=not args.no_flip,
                           nfolds=args.nfolds, far_targets=far_targets, progress=True)
     print(format_table(results))
