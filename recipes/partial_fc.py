@@ -22,7 +22,7 @@ Distributed (``dist_sync``/``dist_device_sync``): every worker holds the whole f
 devices; :meth:`step` sums the shard gradients and the sampled-row masks of all workers through the kvstore
 before the identical local update, so every worker keeps the same fc7. The Gluon Trainer of the backbone must
 then use ``update_on_kvstore=False`` (servers only sum; no server-side optimizer that would treat these
-gradients as its own keys).
+gradients as its own keys). With Horovod, pass ``allreduce`` to :meth:`step` instead.
 
 Checkpoints: :meth:`save` gathers the shards into one ``(num_classes, emb)`` weight (and momentum) array in
 class order; :meth:`load` splits it for whatever device count the run has, so resume does not depend on the
@@ -218,12 +218,14 @@ class PartialFC:
             kvstore.pushpull(KV_KEY_BASE + 2 * shard, weight.grad, out=weight.grad)
             kvstore.pushpull(KV_KEY_BASE + 2 * shard + 1, self.masks[shard], out=self.masks[shard])
 
-    def step(self, learning_rate, rescale_grad=1.0, kvstore=None):
+    def step(self, learning_rate, rescale_grad=1.0, kvstore=None, allreduce=None):
         """SGD-momentum update of the rows sampled in the last forward (every row at ``sample_rate=1``).
 
         ``mom = momentum·mom − lr·(rescale_grad·grad + wd·w); w += mom`` on those rows only (MXNet's
         ``sgd_mom_update``). ``rescale_grad`` is usually 1/global_batch. ``kvstore``: a ``dist_*`` KVStore to
         sum gradients and sampled rows over workers first (see module docstring); local kvstores are ignored.
+        ``allreduce``: with Horovod instead, a function ``(name, array)`` summing ``array`` over workers in
+        place, e.g. ``lambda name, a: hvd.allreduce_(a, average=False, name=name)``.
         """
         for shard, mask in enumerate(self.masks):
             index = self._sampled[shard]
@@ -235,11 +237,22 @@ class PartialFC:
                 mask[:] = values
         if kvstore is not None and "dist" in kvstore.type:
             self._aggregate(kvstore)
+        elif allreduce is not None:
+            for shard, weight in enumerate(self.weights):
+                allreduce(f"fc7_grad_{shard}", weight.grad)
+                allreduce(f"fc7_mask_{shard}", self.masks[shard])
+        hyper = dict(lr=learning_rate, momentum=self.momentum, wd=self.wd, rescale_grad=rescale_grad)
         for weight, mom, mask in zip(self.weights, self.momenta, self.masks):
-            rows = mx.nd.clip(mask, 0.0, 1.0)
-            new_mom = self.momentum * mom - learning_rate * (rescale_grad * weight.grad + self.wd * weight)
-            mom[:] = rows * new_mom + (1.0 - rows) * mom
-            weight[:] = weight + rows * mom
+            rows = np.flatnonzero(mask.asnumpy().reshape(-1) > 0)
+            if len(rows) == len(mask):
+                mx.nd.sgd_mom_update(weight, weight.grad, mom, out=weight, **hyper)
+            elif len(rows):
+                # gather the updated rows, fused update, scatter back: transients are rows × emb only
+                index = mx.nd.array(rows, ctx=weight.context, dtype="int64")
+                sub_weight, sub_mom = mx.nd.take(weight, index), mx.nd.take(mom, index)
+                mx.nd.sgd_mom_update(sub_weight, mx.nd.take(weight.grad, index), sub_mom, out=sub_weight, **hyper)
+                mx.nd.contrib.index_copy(weight, index, sub_weight, out=weight)
+                mx.nd.contrib.index_copy(mom, index, sub_mom, out=mom)
             weight.grad[:] = 0.0
 
     # ---------------------------------------------------------------- state

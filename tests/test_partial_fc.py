@@ -190,3 +190,20 @@ def test_persistent_memory_per_device_falls_with_device_count():
     four = PartialFC(1000, 16, contexts(4)).memory_per_device()
     assert one == [3 * 1000 * 16 * 4 + 1000 * 4]
     assert four == [3 * 250 * 16 * 4 + 250 * 4] * 4
+
+
+def test_allreduce_hook_sums_gradients_and_masks_before_the_update():
+    pfc = PartialFC(NUM_CLASSES, EMB, contexts(2), sample_rate=0.5, momentum=0.0, wd=0.0, **ARCFACE)
+    before = pfc.gather_weight()
+    xs, ys = batch(seed=6)
+    _, _, grad = sharded(pfc, xs, ys)
+    calls = []
+
+    def double(name, array):  # stands in for a 2-worker allreduce where the other worker sent the same
+        calls.append(name)
+        array[:] = array * 2
+
+    pfc.step(0.1, 1.0, allreduce=double)
+    assert calls == ["fc7_grad_0", "fc7_mask_0", "fc7_grad_1", "fc7_mask_1"]
+    kept = np.concatenate([start + pfc._sampled[k] for k, (start, _) in enumerate(pfc.ranges)])
+    np.testing.assert_allclose(pfc.gather_weight()[kept], before[kept] - 0.1 * 2 * grad[kept], rtol=1e-5)
