@@ -89,7 +89,8 @@ class PartialFC:
     """fc7 weight (num_classes × emb_size) split over ``contexts``, computing the margin softmax loss.
 
     Parameters: ``num_classes``, ``emb_size``; ``contexts`` (list of mx.Context, one shard each);
-    ``sample_rate`` in (0, 1]; ``scale`` s and ``margins`` (m1, m2, m3) of SPEC §3 (default ArcFace 64, 0.5);
+    ``sample_rate`` in (0, 1]; ``scale`` s and ``margins`` (m1, m2, m3) of SPEC §3 (default ArcFace 64, 0.5;
+    ``None``: the plain, unnormalised softmax head ``x · Wᵀ`` as in ``recipes.heads``);
     ``momentum``, ``wd`` of the fc7 SGD update; ``init_std``, ``seed`` of the N(0, std²) initialisation
     (must be the same on every worker); ``sample_seed`` of the negative sampling (default: from ``seed``;
     give each distributed worker its own, e.g. ``seed + rank``).
@@ -104,7 +105,9 @@ class PartialFC:
         self.contexts = contexts
         self.ranges = shard_ranges(self.num_classes, len(contexts))
         self.sample_rate = float(sample_rate)
-        self.scale, self.margins = float(scale), tuple(float(m) for m in margins)
+        self.scale = float(scale)
+        self.margins = None if margins is None else tuple(float(m) for m in margins)
+        self.margin_scale = 1.0
         self.momentum, self.wd = float(momentum), float(wd)
         self._rng = np.random.RandomState(seed + 7919 if sample_seed is None else sample_seed)
         self.weights, self.momenta, self.masks = [], [], []
@@ -118,6 +121,19 @@ class PartialFC:
         self.last_accuracy = None
 
     # ---------------------------------------------------------------- forward
+
+    def set_margin_scale(self, value):
+        """Scale the margins by ``value`` in [0, 1] for warm-up (as ``recipes.heads.MarginHead``):
+        m1 → 1 + v·(m1 − 1), m2 → v·m2, m3 → v·m3; 0 gives the normalised softmax."""
+        self.margin_scale = min(max(float(value), 0.0), 1.0)
+
+    def effective_margins(self):
+        """The (m1, m2, m3) in use now (after the warm-up scale); None for the plain softmax head."""
+        if self.margins is None:
+            return None
+        m1, m2, m3 = self.margins
+        v = self.margin_scale
+        return 1.0 + v * (m1 - 1.0), v * m2, v * m3
 
     def _sample(self, shard, labels):
         """Local row indices kept for ``shard`` (sorted) and each label's position among them (-1: absent)."""
@@ -155,29 +171,40 @@ class PartialFC:
         if label_np.min() < 0 or label_np.max() >= self.num_classes:
             raise ValueError(f"labels must be in [0, {self.num_classes}), got {label_np.min()}..{label_np.max()}")
         batch = len(label_np)
-        normed = [mx.nd.L2Normalization(e, mode="instance") for e in embeddings]
+        plain = self.margins is None
+        inputs = embeddings if plain else [mx.nd.L2Normalization(e, mode="instance") for e in embeddings]
+        margins = self.effective_margins()
         home = self.contexts[0]
         shard_max, shard_sumexp, shard_target, shard_parts = [], [], [], []
         self._sampled = []
         for shard, ctx in enumerate(self.contexts):
             index, local = self._sample(shard, label_np)
             self._sampled.append(index)
-            x = mx.nd.concat(*[n.as_in_context(ctx) for n in normed], dim=0)
+            x = mx.nd.concat(*[v.as_in_context(ctx) for v in inputs], dim=0)
             weight = self.weights[shard]
             if index is not None:
                 weight = mx.nd.take(weight, mx.nd.array(index, ctx=ctx, dtype="int64"))
-            w = mx.nd.L2Normalization(weight, mode="instance")
+            w = weight if plain else mx.nd.L2Normalization(weight, mode="instance")
             cos = mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=w.shape[0])
             present = mx.nd.array(local >= 0, ctx=ctx)
             position = mx.nd.array(np.maximum(local, 0), ctx=ctx)
-            cos_y = mx.nd.pick(cos, position, axis=1)
-            target = target_logit(cos_y, *self.margins)
-            onehot = mx.nd.one_hot(position, depth=w.shape[0]) * present.reshape((-1, 1))
-            logits = self.scale * (cos + onehot * (target - cos_y).reshape((-1, 1)))
+            if plain:  # unnormalised softmax head: logits x·Wᵀ
+                logits = cos
+                target = mx.nd.pick(logits, position, axis=1)
+            else:
+                cos = mx.nd.clip(cos, -1.0 + _EPS, 1.0 - _EPS)
+                cos_y = mx.nd.pick(cos, position, axis=1)
+                if margins == (1.0, 0.0, 0.0):
+                    logits, target = self.scale * cos, self.scale * cos_y
+                else:
+                    target_cos = target_logit(cos_y, *margins)
+                    onehot = mx.nd.one_hot(position, depth=w.shape[0]) * present.reshape((-1, 1))
+                    logits = self.scale * (cos + onehot * (target_cos - cos_y).reshape((-1, 1)))
+                    target = self.scale * target_cos
             local_max = mx.nd.max(logits, axis=1).detach()
             shard_max.append(local_max.as_in_context(home))
             shard_parts.append((logits, ctx, mx.nd.argmax(logits, axis=1).detach()))
-            shard_target.append((self.scale * target * present).as_in_context(home))
+            shard_target.append((target * present).as_in_context(home))
         global_max = shard_max[0]
         for value in shard_max[1:]:
             global_max = mx.nd.maximum(global_max, value)

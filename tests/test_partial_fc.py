@@ -207,3 +207,28 @@ def test_allreduce_hook_sums_gradients_and_masks_before_the_update():
     assert calls == ["fc7_grad_0", "fc7_mask_0", "fc7_grad_1", "fc7_mask_1"]
     kept = np.concatenate([start + pfc._sampled[k] for k, (start, _) in enumerate(pfc.ranges)])
     np.testing.assert_allclose(pfc.gather_weight()[kept], before[kept] - 0.1 * 2 * grad[kept], rtol=1e-5)
+
+
+@pytest.mark.parametrize("margins,margin_scale", [((1.0, 0.5, 0.0), 1.0), ((1.0, 0.5, 0.0), 0.5),
+                                                  ((1.0, 0.0, 0.35), 1.0), ((1.2, 0.3, 0.1), 1.0), (None, 1.0)])
+def test_matches_the_recipe_margin_head(margins, margin_scale):
+    """At rate 1 the sharded loss and gradients equal recipes.heads.MarginHead + softmax cross-entropy."""
+    heads = pytest.importorskip("recipes.heads")
+    head = heads.MarginHead(NUM_CLASSES, EMB, scale=32.0, margins=margins, prefix="fc7_")
+    head.initialize(ctx=mx.cpu())
+    pfc = PartialFC(NUM_CLASSES, EMB, contexts(3), scale=32.0, margins=margins)
+    head.weight.set_data(mx.nd.array(pfc.gather_weight()))
+    head.set_margin_scale(margin_scale)
+    pfc.set_margin_scale(margin_scale)
+    assert pfc.effective_margins() == head.effective_margins()
+    xs, ys = batch(seed=8)
+    x = mx.nd.concat(*[v.as_in_context(mx.cpu()) for v in xs], dim=0)
+    y = mx.nd.concat(*[v.as_in_context(mx.cpu()) for v in ys], dim=0)
+    x.attach_grad()
+    with autograd.record():
+        ref = mx.gluon.loss.SoftmaxCrossEntropyLoss()(head(x, y), y)
+    ref.backward()
+    loss, x_grads, w_grad = sharded(pfc, xs, ys)
+    assert_close(loss, ref.asnumpy())
+    assert_close(np.concatenate(x_grads), x.grad.asnumpy())
+    assert_close(w_grad, head.weight.grad().asnumpy())
