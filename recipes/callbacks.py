@@ -1,0 +1,195 @@
+"""Periodic work of the training loop as small callbacks (DESIGN.md).
+
+Every callback may implement ``on_train_begin(state)``, ``on_batch_end(state, batch)`` (``batch``: dict
+with loss, accuracy, lr, samples) and ``on_epoch_end(state, metrics)`` / ``on_eval(state, metrics)``
+(``metrics``: the dict returned by ``train_one_epoch``/``evaluate``, which a callback may extend).
+``state`` is the :class:`recipes.train.TrainState` of the run.
+"""
+import csv
+import datetime
+import os
+import time
+
+import numpy as np
+
+
+class Callback:
+    """No-op base class."""
+
+    def on_train_begin(self, state):
+        pass
+
+    def on_batch_end(self, state, batch):
+        pass
+
+    def on_eval(self, state, metrics):
+        pass
+
+    def on_epoch_end(self, state, metrics):
+        pass
+
+    def on_train_end(self, state):
+        pass
+
+
+def format_seconds(seconds):
+    """``3725.2`` -> ``'1:02:05'``."""
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class SpeedLogger(Callback):
+    """Every ``log_interval`` batches: samples/s, mean loss and accuracy since the last line, lr, ETA.
+
+    Also appends ``step,epoch,loss,accuracy,lr,samples_per_sec`` to ``loss.csv`` (rank 0) for the curves.
+    """
+
+    def __init__(self, log_interval, csv_path=None):
+        self.log_interval = int(log_interval)
+        self.csv_path = csv_path
+        self._reset()
+
+    def _reset(self):
+        self.tic = time.perf_counter()
+        self.samples = 0
+        self.losses, self.accuracies = [], []
+
+    def on_train_begin(self, state):
+        self._reset()
+        self.run_tic, self.run_steps = time.perf_counter(), 0
+
+    def on_batch_end(self, state, batch):
+        self.samples += batch["samples"]
+        self.losses.append(batch["loss"])
+        self.accuracies.append(batch["accuracy"])
+        self.run_steps += 1
+        if state.batch % self.log_interval != 0 and state.batch != state.iters_per_epoch:
+            return
+        elapsed = time.perf_counter() - self.tic
+        speed = self.samples / max(elapsed, 1e-9)
+        per_step = (time.perf_counter() - self.run_tic) / max(self.run_steps, 1)
+        remaining = state.total_steps - state.step
+        loss, acc = float(np.mean(self.losses)), float(np.mean(self.accuracies))
+        state.log(f"Epoch[{state.epoch + 1}/{state.cfg['num_epochs']}] Batch[{state.batch}/{state.iters_per_epoch}] "
+                  f"step {state.step}  {speed:.1f} samples/s  loss {loss:.4f}  acc {acc:.4f}  "
+                  f"lr {batch['lr']:.6f}  margin x{batch['margin_scale']:.2f}  ETA {format_seconds(remaining * per_step)}")
+        if self.csv_path and state.is_main:
+            append_rows(self.csv_path, ["step", "epoch", "loss", "accuracy", "lr", "samples_per_sec"],
+                        [[state.step, round(state.step / state.iters_per_epoch, 4), round(loss, 5), round(acc, 5),
+                          batch["lr"], round(speed, 2)]])
+        self._reset()
+
+
+def append_rows(path, header, rows):
+    """Append rows to a csv file, writing the header first when the file is new."""
+    new = not os.path.isfile(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(header)
+        writer.writerows(rows)
+
+
+def read_rows(path):
+    """Rows of a csv file as dicts (empty list when absent)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def truncate_after_step(path, step):
+    """Drop rows with ``step`` > ``step`` (work of a killed run after its last checkpoint) from a csv."""
+    rows = read_rows(path)
+    if not rows:
+        return
+    header = list(rows[0].keys())
+    kept = [r for r in rows if float(r["step"]) <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(tmp, path)
+
+
+class MetricsWriter(Callback):
+    """One row in ``metrics.csv`` per evaluation: step, epoch, lr, train loss/accuracy, each set's accuracy."""
+
+    def __init__(self, path, set_names):
+        self.path = path
+        self.header = (["step", "epoch", "lr", "train_loss", "train_accuracy", "samples_per_sec"]
+                       + [f"{n}_accuracy" for n in set_names] + [f"{n}_std" for n in set_names]
+                       + ["mean_accuracy", "elapsed_seconds"])
+
+    def on_eval(self, state, metrics):
+        if not state.is_main:
+            return
+        train = metrics.get("train", {})
+        row = {"step": state.step, "epoch": round(state.step / state.iters_per_epoch, 4), "lr": state.lr,
+               "train_loss": train.get("loss", ""), "train_accuracy": train.get("accuracy", ""),
+               "samples_per_sec": train.get("samples_per_sec", ""),
+               "mean_accuracy": metrics.get("mean_accuracy", ""), "elapsed_seconds": round(state.elapsed(), 1)}
+        for name, result in metrics.get("sets", {}).items():
+            row[f"{name}_accuracy"] = round(result["accuracy"], 5)
+            row[f"{name}_std"] = round(result["accuracy_std"], 5)
+        append_rows(self.path, self.header, [[row.get(k, "") for k in self.header]])
+
+
+class CurvePlotter(Callback):
+    """``curves.png``: training loss (from loss.csv) and verification accuracy (from metrics.csv) vs epoch."""
+
+    def __init__(self, path, loss_csv, metrics_csv):
+        self.path, self.loss_csv, self.metrics_csv = path, loss_csv, metrics_csv
+
+    def on_eval(self, state, metrics):
+        if state.is_main:
+            plot_curves(self.path, self.loss_csv, self.metrics_csv)
+
+
+def plot_curves(path, loss_csv, metrics_csv):
+    """Draw the two panels into ``path`` (atomically); silently skips when there is nothing to plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    losses, evals = read_rows(loss_csv), read_rows(metrics_csv)
+    if not losses and not evals:
+        return
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    if losses:
+        ax_loss.plot([float(r["epoch"]) for r in losses], [float(r["loss"]) for r in losses], label="loss")
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_ylabel("training loss (margin softmax)")
+        ax_loss.grid(alpha=0.3)
+    if evals:
+        epochs = [float(r["epoch"]) for r in evals]
+        for key in evals[0]:
+            if key.endswith("_accuracy") and key not in ("train_accuracy",):
+                values = [float(r[key]) if r[key] not in ("", None) else np.nan for r in evals]
+                ax_acc.plot(epochs, values, marker="o", label=key[:-len("_accuracy")])
+        ax_acc.set_xlabel("epoch")
+        ax_acc.set_ylabel("verification accuracy")
+        ax_acc.grid(alpha=0.3)
+        ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class CheckpointSaver(Callback):
+    """At each epoch end (rank 0): export the embedding network, save the training state, keep last and best."""
+
+    def __init__(self, manager):
+        self.manager = manager
+
+    def on_epoch_end(self, state, metrics):
+        if not state.is_main:
+            return
+        pointer = self.manager.save(state.epoch + 1, state.step, state.backbone, state.head, state.trainer,
+                                    state.checkpoint_meta(), state.contexts[0],
+                                    accuracy=metrics.get("mean_accuracy"))
+        metrics["checkpoint"] = pointer["last"]
+        best = pointer["best"]
+        state.log(f"checkpoint epoch {state.epoch + 1}: {self.manager.params_path(state.epoch + 1)} "
+                  f"(best: epoch {best['epoch']}, mean accuracy {best['accuracy']})")

@@ -1,0 +1,244 @@
+"""Checkpoints (SPEC §7): the deployable embedding network and the full training state, written atomically.
+
+In ``output_dir`` with prefix P:
+
+- ``P-symbol.json`` + ``P-%04d.params`` (``arg:``/``aux:`` names, input ``data``): the embedding network
+  only, loadable by ``mx.model.load_checkpoint(P, epoch)`` and ``gluon.SymbolBlock.imports``;
+- ``P-state-%04d.npz``: everything needed to continue — backbone and fc7 parameters (from one device),
+  trainer/optimizer state, epoch, global step, the resolved config and the RNG states;
+- ``checkpoints.json``: which epoch is ``last`` and which is ``best`` (by mean verification accuracy).
+
+Every file is written to a temporary name and moved into place with ``os.replace``; ``checkpoints.json`` is
+replaced last, so a run killed at any moment leaves the previous checkpoint complete and referenced. Older
+epochs other than last and best are deleted after the pointer moves on.
+"""
+import json
+import os
+import pickle
+import random
+import tempfile
+
+import mxnet as mx
+import numpy as np
+
+STATE_VERSION = 1
+POINTER = "checkpoints.json"
+
+
+def _atomic_path(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (fsynced)."""
+    tmp = _atomic_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _structural_params(block, ctx):
+    """``{structural name: numpy}`` of a block's parameters, taken from ``ctx`` (device-count independent)."""
+    return {name: p.data(ctx).asnumpy() for name, p in block._collect_params_with_prefix().items()}
+
+
+def export_embedding(backbone, prefix, epoch, ctx):
+    """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` of the embedding network (no fc7).
+
+    The symbol is traced from ``backbone`` on a ``data`` variable (no backend-specific fused operators), the
+    parameters are taken from ``ctx``. Returns ``(symbol_path, params_path)``.
+    """
+    sym = backbone(mx.sym.var("data"))
+    arg_names, aux_names = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+    arrays = {}
+    for name, param in backbone.collect_params().items():
+        if name in arg_names:
+            arrays["arg:" + name] = param.data(ctx).copyto(mx.cpu())
+        elif name in aux_names:
+            arrays["aux:" + name] = param.data(ctx).copyto(mx.cpu())
+    missing = (arg_names - {"data"}) - {k[4:] for k in arrays if k.startswith("arg:")}
+    if missing:
+        raise RuntimeError(f"export: parameters {sorted(missing)[:3]} of the symbol are not in the network")
+    sym_path = f"{prefix}-symbol.json"
+    params_path = f"{prefix}-{epoch:04d}.params"
+    atomic_write_bytes(sym_path, sym.tojson().encode())
+    tmp = _atomic_path(params_path)
+    try:
+        mx.nd.save(tmp, arrays)
+        os.replace(tmp, params_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return sym_path, params_path
+
+
+def rng_state():
+    """numpy and python global RNG states as bytes (MXNet's own RNG is reseeded per epoch from the seed)."""
+    return pickle.dumps({"numpy": np.random.get_state(), "python": random.getstate()})
+
+
+def set_rng_state(blob):
+    """Restore what :func:`rng_state` saved."""
+    state = pickle.loads(blob)
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_state(path, backbone, head, trainer, meta, ctx):
+    """Write the training state file (npz) atomically.
+
+    ``meta``: JSON-serialisable dict (epoch, step, config, num_classes, ...). Parameters come from ``ctx``
+    only, so the file loads on any number of devices.
+    """
+    arrays = {}
+    for name, value in _structural_params(backbone, ctx).items():
+        arrays["backbone/" + name] = value
+    for name, value in _structural_params(head, ctx).items():
+        arrays["head/" + name] = value
+    tmp_states = _atomic_path(path + ".trainer")
+    try:
+        trainer.save_states(tmp_states)
+        with open(tmp_states, "rb") as f:
+            arrays["trainer_states"] = np.frombuffer(f.read(), dtype=np.uint8)
+    finally:
+        if os.path.exists(tmp_states):
+            os.remove(tmp_states)
+    arrays["rng_state"] = np.frombuffer(rng_state(), dtype=np.uint8)
+    arrays["meta"] = np.frombuffer(json.dumps(dict(meta, version=STATE_VERSION)).encode(), dtype=np.uint8)
+    tmp = _atomic_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_state(path):
+    """Open a state file: returns ``(meta dict, arrays)`` (arrays is a lazy npz mapping)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint state {path} does not exist")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        meta = json.loads(arrays["meta"].tobytes().decode())
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{path}: not a training state file ({err})") from None
+    return meta, arrays
+
+
+def _load_block(block, arrays, group, path):
+    params = block._collect_params_with_prefix()
+    stored = {k[len(group) + 1:] for k in arrays.files if k.startswith(group + "/")}
+    missing, extra = sorted(set(params) - stored), sorted(stored - set(params))
+    if missing or extra:
+        raise ValueError(f"{path}: {group} parameters do not match this network (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}); resume with the same --network/--emb-size")
+    for name, param in params.items():
+        value = arrays[f"{group}/{name}"]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"{path}: {group} parameter {name} has shape {value.shape}, this run needs "
+                             f"{param.shape}: the data's class count or --emb-size differs from the checkpoint")
+        param.set_data(mx.nd.array(value, dtype=value.dtype))
+
+
+def load_state(path, backbone, head, trainer, arrays=None):
+    """Load parameters (onto every device of the blocks), trainer state and RNG state; returns meta."""
+    meta, arrays = read_state(path) if arrays is None else (None, arrays)
+    if meta is None:
+        meta = json.loads(arrays["meta"].tobytes().decode())
+    _load_block(backbone, arrays, "backbone", path)
+    _load_block(head, arrays, "head", path)
+    tmp = _atomic_path(path + ".trainer")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(arrays["trainer_states"].tobytes())
+        trainer.load_states(tmp)
+    finally:
+        os.remove(tmp)
+    set_rng_state(arrays["rng_state"].tobytes())
+    return meta
+
+
+class CheckpointManager:
+    """Save per-epoch checkpoints in ``output_dir`` and keep the last and the best (by mean accuracy)."""
+
+    def __init__(self, output_dir, prefix="model"):
+        self.output_dir = output_dir
+        self.prefix = os.path.join(output_dir, prefix)
+        self.pointer_path = os.path.join(output_dir, POINTER)
+        self.pointer = read_pointer(output_dir) or {}
+
+    def state_path(self, epoch):
+        return f"{self.prefix}-state-{epoch:04d}.npz"
+
+    def params_path(self, epoch):
+        return f"{self.prefix}-{epoch:04d}.params"
+
+    def save(self, epoch, step, backbone, head, trainer, meta, ctx, accuracy=None):
+        """Write epoch ``epoch`` (number of completed epochs) and move the pointer; returns the pointer."""
+        export_embedding(backbone, self.prefix, epoch, ctx)
+        save_state(self.state_path(epoch), backbone, head, trainer, dict(meta, epoch=epoch, step=step), ctx)
+        entry = {"epoch": epoch, "step": step, "state": os.path.basename(self.state_path(epoch)),
+                 "params": os.path.basename(self.params_path(epoch)),
+                 "symbol": os.path.basename(self.prefix) + "-symbol.json", "accuracy": accuracy}
+        pointer = dict(self.pointer, last=entry, prefix=os.path.basename(self.prefix))
+        best = pointer.get("best")
+        if accuracy is not None and (best is None or best.get("accuracy") is None or accuracy > best["accuracy"]):
+            pointer["best"] = entry
+        elif best is None:
+            pointer["best"] = entry
+        atomic_write_bytes(self.pointer_path, json.dumps(pointer, indent=1).encode())
+        previous, self.pointer = self.pointer, pointer
+        self._prune(previous)
+        return pointer
+
+    def _prune(self, previous):
+        keep = {self.pointer[k]["epoch"] for k in ("last", "best") if k in self.pointer}
+        for key in ("last", "best"):
+            entry = previous.get(key)
+            if entry and entry["epoch"] not in keep:
+                for name in (entry["state"], entry["params"]):
+                    path = os.path.join(self.output_dir, name)
+                    if os.path.exists(path):
+                        os.remove(path)
+
+
+def read_pointer(output_dir):
+    """``checkpoints.json`` of ``output_dir`` as a dict, or None when there is none."""
+    path = os.path.join(output_dir, POINTER)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except ValueError:
+            raise ValueError(f"{path} is corrupt; point --resume at a state file instead") from None
+
+
+def find_resume_state(spec, output_dir):
+    """Resolve ``--resume``: 'auto' (the output folder's last checkpoint), a folder, or a state file."""
+    if spec in (None, "", "auto"):
+        folder = output_dir
+    elif os.path.isdir(spec):
+        folder = spec
+    else:
+        return spec
+    pointer = read_pointer(folder)
+    if not pointer or "last" not in pointer:
+        raise ValueError(f"--resume: {folder} holds no checkpoint (no {POINTER}); train without --resume first")
+    return os.path.join(folder, pointer["last"]["state"])

@@ -1,0 +1,504 @@
+"""Train a face embedding network with a margin softmax head (SPEC §3–4): the one training entry point.
+
+    python recipes/train.py --network seesaw_shuffle                        # synthetic data, short CPU run
+    python recipes/train.py --network seesaw_shuffle --data-dir faces_emore --gpus 0,1,2,3   # the paper
+
+``main()`` wires the pieces: settings (:mod:`recipes.config`), data (``datasets.build_train_loader``),
+backbone (``symbols.get_model``), margin head (:mod:`recipes.heads`), optimiser (:mod:`recipes.optim`),
+callbacks (:mod:`recipes.callbacks`) and checkpoints (:mod:`recipes.checkpoint`). :func:`train_one_epoch`
+and :func:`evaluate` return metric dicts. Output folder: ``config.yaml``, ``train.log``, ``metrics.csv``,
+``loss.csv``, ``curves.png``, ``checkpoints.json`` and the checkpoint files.
+"""
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+
+import mxnet as mx  # noqa: E402
+from mxnet import autograd, gluon  # noqa: E402
+
+import datasets  # noqa: E402
+import symbols  # noqa: E402
+from recipes import callbacks as cb  # noqa: E402
+from recipes import checkpoint as ckpt  # noqa: E402
+from recipes import config as config_mod  # noqa: E402
+from recipes.heads import build_head, margin_scale_at  # noqa: E402
+from recipes.optim import build_trainer, current_lr  # noqa: E402
+
+LOGGER_NAME = "seesawface.train"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; raised before the poisoned update is applied."""
+
+
+class TrainState:
+    """Everything the loop and the callbacks share: settings, devices, blocks, trainer and counters."""
+
+    def __init__(self, cfg, contexts, backbone, head, trainer, iters_per_epoch, num_classes, rank=0,
+                 num_workers=1, logger=None, data_dir=None):
+        self.cfg, self.contexts = cfg, contexts
+        self.backbone, self.head, self.trainer = backbone, head, trainer
+        self.iters_per_epoch = int(iters_per_epoch)
+        self.total_steps = self.iters_per_epoch * int(cfg["num_epochs"])
+        self.num_classes = int(num_classes)
+        self.rank, self.num_workers = rank, num_workers
+        self.is_main = rank == 0
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+        self.data_dir = data_dir
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.lr = cfg["lr"]
+        self.start_time = time.time()
+        self.callbacks = []
+        self.global_batch = cfg["batch_size"] * len(contexts) * num_workers
+
+    def log(self, message):
+        """Log a line (prefixed with the rank when there are several workers)."""
+        if self.num_workers > 1:
+            message = f"[rank {self.rank}] {message}"
+        self.logger.info(message)
+
+    def elapsed(self):
+        return time.time() - self.start_time
+
+    def checkpoint_meta(self):
+        """What a training state file records besides parameters and optimizer state."""
+        return {"config": self.cfg, "num_classes": self.num_classes, "network": self.cfg["network"],
+                "emb_size": self.cfg["emb_size"], "global_batch": self.global_batch,
+                "iters_per_epoch": self.iters_per_epoch, "data_dir": self.data_dir}
+
+    def fire(self, event, *args):
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+
+def parse_contexts(cfg):
+    """``--gpus 0,1`` -> GPU contexts; otherwise ``--cpu-devices`` CPU contexts (1 by default)."""
+    text = str(cfg.get("gpus") or "").strip()
+    if not text:
+        return [mx.cpu(i) for i in range(cfg["cpu_devices"])]
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--gpus expects comma-separated ids such as 0,1, got {text!r}") from None
+    available = mx.context.num_gpus()
+    if any(i < 0 or i >= available for i in ids):
+        raise ValueError(f"--gpus {text}: {available} GPU(s) visible; omit --gpus to train on the CPU")
+    return [mx.gpu(i) for i in ids]
+
+
+def setup_logging(output_dir, is_main):
+    """Log lines to stdout and (rank 0) to ``output_dir/train.log``."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if is_main:
+        handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+def build_backbone(cfg):
+    """The configured network (uninitialised)."""
+    kwargs = {}
+    if cfg.get("act"):
+        if cfg["network"] != "mobilefacenet":
+            raise ValueError(f"--act applies to mobilefacenet only (network is {cfg['network']})")
+        kwargs["act"] = cfg["act"]
+    return symbols.get_model(cfg["network"], emb_size=cfg["emb_size"], **kwargs)
+
+
+def hybridize_backbone(backbone, mode):
+    """``none``: imperative; ``plain``: cached graph; ``static``: static_alloc + static_shape.
+
+    oneDNN graph fusion (``backend='MKLDNN'``) is for inference only: it folds BatchNorm into the
+    convolutions and gives wrong/zero gradients in MXNet 1.9.1, so the training graph never uses it.
+    """
+    if mode == "plain":
+        backbone.hybridize()
+    elif mode == "static":
+        backbone.hybridize(static_alloc=True, static_shape=True)
+
+
+def resolve_data(cfg, logger=None):
+    """Data folder of the run: ``--data-dir`` or the cached synthetic dataset (generated on first use)."""
+    if cfg["data_dir"]:
+        data_dir = cfg["data_dir"]
+        if not os.path.isdir(data_dir):
+            raise ValueError(f"--data-dir {data_dir} is not a folder (expected train.rec, train.idx, property, *.bin)")
+        return data_dir
+    root = cfg["synthetic_root"]
+    if logger:
+        logger.info(f"no --data-dir: using the synthetic dataset in {root} (generated once, then cached)")
+    return datasets.synthetic.ensure_default_dataset(root)
+
+
+def check_data(dataset, num_classes, cfg, data_dir):
+    """Catch data/class-count problems before the first step."""
+    if num_classes < 2:
+        raise ValueError(f"{data_dir}: {num_classes} classes; a softmax head needs at least 2")
+    dataset_classes = getattr(dataset, "num_classes", None)
+    if dataset_classes is not None and int(dataset_classes) != num_classes:
+        raise ValueError(f"{data_dir}: property says {num_classes} classes but train.rec holds {dataset_classes}; "
+                         "fix the property file")
+    image, label = dataset[0]
+    shape = tuple(np.asarray(image).shape)
+    if shape != (3, 112, 112):
+        raise ValueError(f"{data_dir}/train.rec: images decode to {shape}, the networks need (3, 112, 112)")
+    if not 0 <= int(label) < num_classes:
+        raise ValueError(f"{data_dir}/train.rec: label {label} outside [0, {num_classes})")
+
+
+# ------------------------------------------------------------------------------------------- loop
+
+
+def mirror_batch(data, rng):
+    """Flip a random half of a (B, 3, H, W) batch horizontally, with ``rng`` (deterministic per epoch)."""
+    mask = rng.random_sample(data.shape[0]) < 0.5
+    if not mask.any():
+        return data
+    cond = mx.nd.array(mask.astype(np.float32), ctx=data.context)
+    return mx.nd.where(cond, mx.nd.flip(data, axis=3), data)
+
+
+def epoch_seed(seed, epoch, rank=0):
+    """Seed of everything random in one epoch (data order, flips, MXNet ops): a function of (seed, epoch)."""
+    return (int(seed) * 1000003 + int(epoch) * 7919 + int(rank) * 104729 + 17) % (2 ** 31 - 1)
+
+
+def train_step(state, data, label, loss_fn):
+    """One optimisation step on a (B, 3, 112, 112) batch split over the devices; returns loss, accuracy.
+
+    Raises :class:`TrainingDiverged` before updating when the loss is not finite.
+    """
+    contexts = state.contexts
+    data_parts = gluon.utils.split_and_load(data, contexts, even_split=True)
+    label_parts = gluon.utils.split_and_load(label, contexts, even_split=True)
+    losses, correct = [], []
+    with autograd.record():
+        for x, y in zip(data_parts, label_parts):
+            logits = state.head(state.backbone(x), y)
+            losses.append(loss_fn(logits, y))
+            correct.append(mx.nd.sum(mx.nd.argmax(logits, axis=1) == y))
+    if state.amp:
+        from mxnet.contrib import amp
+        with amp.scale_loss(losses, state.trainer) as scaled:
+            autograd.backward(scaled)
+    else:
+        autograd.backward(losses)
+    total = sum(float(l.sum().asscalar()) for l in losses)
+    samples = sum(int(l.shape[0]) for l in losses)
+    loss_value = total / samples
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(
+            f"loss became {loss_value} at epoch {state.epoch + 1}, step {state.step + 1} (lr {state.lr:g}); "
+            "the parameters were not updated with it and the last checkpoint is intact. Try a lower --lr, "
+            "a longer --warmup-epochs or --softmax-warmup-epochs, or a smaller --margin-s")
+    state.trainer.step(samples * state.num_workers)
+    accuracy = sum(float(c.asscalar()) for c in correct) / samples
+    return loss_value, accuracy, samples
+
+
+def train_one_epoch(state, loader, loss_fn):
+    """Run epoch ``state.epoch`` (all its batches); returns ``{'loss', 'accuracy', 'samples_per_sec', ...}``."""
+    cfg = state.cfg
+    seed = epoch_seed(cfg["seed"], state.epoch, state.rank)
+    mx.random.seed(seed)
+    rng = np.random.RandomState(seed)
+    loader.batch_sampler.set_epoch(state.epoch)
+    losses, accuracies, seen = [], [], 0
+    tic = time.perf_counter()
+    state.batch = 0
+    for data, label in loader:
+        if data.shape[0] != state.global_batch // state.num_workers:
+            raise ValueError(f"the loader gave a batch of {data.shape[0]}, expected "
+                             f"{state.global_batch // state.num_workers}")
+        labels_np = label.asnumpy()
+        if labels_np.min() < 0 or labels_np.max() >= state.num_classes:
+            raise ValueError(f"label {labels_np.max():.0f} outside [0, {state.num_classes}): train.rec and the "
+                             "property file disagree")
+        if cfg["mirror"]:
+            data = mirror_batch(data, rng)
+        fraction = state.epoch + state.batch / state.iters_per_epoch
+        state.head.set_margin_scale(margin_scale_at(cfg, fraction))
+        state.lr = current_lr(state.trainer)
+        loss, accuracy, samples = train_step(state, data, label, loss_fn)
+        state.batch += 1
+        state.step += 1
+        seen += samples
+        losses.append(loss)
+        accuracies.append(accuracy)
+        state.fire("on_batch_end", {"loss": loss, "accuracy": accuracy, "lr": state.lr, "samples": samples,
+                                    "margin_scale": state.head.margin_scale})
+        if cfg["eval_interval"] and state.batch % cfg["eval_interval"] == 0 and state.batch < state.iters_per_epoch:
+            metrics = evaluate(state)
+            metrics["train"] = {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies))}
+            state.fire("on_eval", metrics)
+    seconds = time.perf_counter() - tic
+    return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies)),
+            "samples_per_sec": seen * state.num_workers / max(seconds, 1e-9), "seconds": seconds,
+            "steps": state.batch}
+
+
+class Verifier:
+    """Per-epoch verification on the ``.bin`` sets with ``eval.verification`` (SPEC §6).
+
+    Embeds with a second instance of the network, hybridized for inference (oneDNN-fused on CPU), into
+    which the training parameters are copied before each evaluation; the training graph is left alone.
+    """
+
+    def __init__(self, cfg, sets, context):
+        self.cfg, self.sets, self.context = cfg, sets, context
+        self.net = None
+
+    def _eval_net(self, backbone):
+        from eval.verification import prepare_for_inference
+        if self.net is None:
+            self.net = build_backbone(self.cfg)
+            self.net.initialize(ctx=self.context)
+            prepare_for_inference(self.net, [self.context])
+        source = backbone._collect_params_with_prefix()
+        target = self.net._collect_params_with_prefix()
+        for name, param in source.items():
+            target[name].set_data(param.data(self.context))
+        return self.net
+
+    def __call__(self, backbone):
+        from eval.verification import verify_sets
+        return verify_sets(self._eval_net(backbone), self.sets, ctx=[self.context],
+                           batch_size=self.cfg["eval_batch_size"], flip=self.cfg["eval_flip"])
+
+
+def evaluate(state):
+    """Verify on every loaded set; returns ``{'sets': {name: result}, 'mean_accuracy': float}`` and logs a
+    line per set. Rank 0 only (other ranks return an empty dict)."""
+    if not state.is_main or state.verifier is None or not state.verifier.sets:
+        return {}
+    tic = time.perf_counter()
+    results = state.verifier(state.backbone)
+    sets = {}
+    for name, result in results.items():
+        tar = result.get("tar_at_far", {})
+        tar_text = "  ".join(f"TAR@FAR={far:g} {v['tar']:.4f}" for far, v in sorted(tar.items(), reverse=True))
+        state.log(f"[{name}] epoch {state.step / state.iters_per_epoch:.2f} accuracy "
+                  f"{result['accuracy']:.4f} ± {result['accuracy_std']:.4f}  {tar_text}  xnorm {result['xnorm']:.2f}")
+        sets[name] = {"accuracy": float(result["accuracy"]), "accuracy_std": float(result["accuracy_std"]),
+                      "xnorm": float(result["xnorm"])}
+    mean = float(np.mean([s["accuracy"] for s in sets.values()]))
+    state.log(f"verification mean accuracy {mean:.4f} ({time.perf_counter() - tic:.1f} s)")
+    return {"sets": sets, "mean_accuracy": mean}
+
+
+# ------------------------------------------------------------------------------------------- wiring
+
+
+def _default_output_dir(cli):
+    return cli.get("output_dir") or os.path.join("outputs", cli.get("network") or config_mod.DEFAULTS["network"])
+
+
+def prepare_resume(cli):
+    """Find the state file of ``--resume`` and its saved settings: ``(path, meta)`` or ``(None, None)``."""
+    spec = cli.get("resume")
+    if spec is None:
+        return None, None
+    output_dir = cli.get("output_dir")
+    if output_dir is None and spec == "auto":
+        output_dir = _default_output_dir(cli)
+    path = ckpt.find_resume_state(spec, output_dir)
+    meta, _ = ckpt.read_state(path)
+    return path, meta
+
+
+def _kvstore(cfg, contexts):
+    """(kvstore for the Trainer, rank, number of workers)."""
+    kind = cfg["kvstore"]
+    if kind.startswith("dist"):
+        kv = mx.kv.create(kind)
+        return kv, kv.rank, kv.num_workers
+    return (kind if len(contexts) > 1 else None), 0, 1
+
+
+def run(cli, extra_callbacks=()):
+    """Train with explicitly given options ``cli`` (dict; see :func:`recipes.config.build_parser`).
+
+    Returns a summary dict (output paths, final and best accuracies, wall time). ``extra_callbacks`` are
+    added to the run's callbacks (tests use this).
+    """
+    start = time.time()
+    resume_path, resume_meta = prepare_resume(cli)
+    base = resume_meta["config"] if resume_meta else None
+    if resume_meta and "batch_size" not in cli and resume_meta.get("global_batch"):
+        cli = dict(cli, _global_batch=resume_meta["global_batch"])
+    global_batch = cli.pop("_global_batch", None)
+    cfg = config_mod.resolve(cli, base)
+    contexts = parse_contexts(cfg)
+    kv, rank, num_workers = _kvstore(cfg, contexts)
+    if global_batch is not None:
+        per_device, rest = divmod(global_batch, len(contexts) * num_workers)
+        if rest or per_device == 0:
+            raise ValueError(f"the checkpoint was trained with a global batch of {global_batch}, which does not "
+                             f"split over {len(contexts) * num_workers} device(s); pass --batch-size explicitly")
+        cfg["batch_size"] = per_device
+    output_dir = cfg["output_dir"] or os.path.join("outputs", cfg["network"])
+    cfg["output_dir"] = output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    logger = setup_logging(output_dir, rank == 0)
+    amp_on = bool(cfg["amp"])
+    if amp_on and not all(c.device_type == "gpu" for c in contexts):
+        warnings.warn("--amp: mixed precision needs GPUs here; training in float32")
+        amp_on = False
+    if amp_on:
+        from mxnet.contrib import amp
+        amp.init()
+    if rank == 0:
+        config_mod.save_yaml(cfg, os.path.join(output_dir, "config.yaml"))
+
+    data_dir = resolve_data(cfg, logger)
+    num_classes = datasets.read_property(data_dir)
+    num_classes = num_classes[0] if isinstance(num_classes, (tuple, list)) else num_classes
+    num_classes = int(num_classes)
+    per_worker_batch = cfg["batch_size"] * len(contexts)
+    loader, dataset = datasets.build_train_loader(
+        os.path.join(data_dir, "train.rec"), per_worker_batch, num_workers=cfg["num_workers"], shuffle=True,
+        rank=rank, num_parts=num_workers, mirror=False, color_jitter=cfg["color_jitter"], seed=cfg["seed"])
+    check_data(dataset, num_classes, cfg, data_dir)
+    iters_per_epoch = len(loader)
+    if resume_meta:
+        if resume_meta.get("num_classes") != num_classes:
+            raise ValueError(f"the checkpoint {resume_path} has {resume_meta.get('num_classes')} classes, the data in "
+                             f"{data_dir} has {num_classes}: resume on the same data")
+        if resume_meta.get("network") != cfg["network"]:
+            raise ValueError(f"the checkpoint {resume_path} is a {resume_meta.get('network')}, not {cfg['network']}")
+        if resume_meta.get("iters_per_epoch") not in (None, iters_per_epoch):
+            raise ValueError(f"the checkpoint ran {resume_meta['iters_per_epoch']} steps per epoch, this run would "
+                             f"run {iters_per_epoch}: keep the same global batch size and data")
+
+    mx.random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    backbone = build_backbone(cfg)
+    symbols.init_model(backbone, contexts)
+    head = build_head(cfg, num_classes, cfg["emb_size"])
+    head.initialize(ctx=contexts)
+    probe = backbone(mx.nd.zeros((2, 3, 112, 112), ctx=contexts[0]))
+    if probe.shape != (2, cfg["emb_size"]):
+        raise ValueError(f"{cfg['network']} gives embeddings of shape {probe.shape[1:]}, expected ({cfg['emb_size']},)")
+    hybridize_backbone(backbone, cfg["hybridize"])
+    trainer = build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=kv)
+
+    state = TrainState(cfg, contexts, backbone, head, trainer, iters_per_epoch, num_classes, rank, num_workers,
+                       logger, data_dir)
+    state.amp = amp_on
+    if amp_on:
+        amp.init_trainer(trainer)
+    manager = ckpt.CheckpointManager(output_dir, cfg["prefix"])
+    start_epoch = 0
+    if resume_path:
+        meta = ckpt.load_state(resume_path, backbone, head, trainer)
+        start_epoch, state.step = int(meta["epoch"]), int(meta["step"])
+        trainer.optimizer.lr_scheduler = trainer.optimizer.lr_scheduler  # restored with the optimizer state
+        if trainer.optimizer.num_update != state.step:
+            trainer.optimizer.num_update = state.step
+            trainer.optimizer.begin_num_update = state.step
+        for path in ("loss.csv", "metrics.csv"):
+            cb.truncate_after_step(os.path.join(output_dir, path), state.step)
+        state.log(f"resumed from {resume_path}: epoch {start_epoch}, step {state.step}, "
+                  f"next lr {current_lr(trainer):g}")
+
+    sets = {}
+    if rank == 0:
+        from eval.verification import load_sets
+        available = datasets.find_bins(data_dir)
+        if available or cfg["eval_sets"]:
+            sets = load_sets(data_dir, cfg["eval_sets"])
+    state.verifier = Verifier(cfg, sets, contexts[0]) if sets else None
+    loss_csv = os.path.join(output_dir, "loss.csv")
+    metrics_csv = os.path.join(output_dir, "metrics.csv")
+    state.callbacks = [cb.SpeedLogger(cfg["log_interval"], loss_csv), cb.MetricsWriter(metrics_csv, list(sets))]
+    if cfg["plot"]:
+        state.callbacks.append(cb.CurvePlotter(os.path.join(output_dir, "curves.png"), loss_csv, metrics_csv))
+    state.callbacks += [cb.CheckpointSaver(manager)] + list(extra_callbacks)
+
+    n_params = sum(int(np.prod(p.shape)) for p in backbone.collect_params().values())
+    state.log(f"{cfg['network']}: {n_params / 1e6:.2f}M backbone parameters, {num_classes} classes, "
+              f"{len(dataset)} images, {iters_per_epoch} steps/epoch of {state.global_batch} "
+              f"({cfg['batch_size']} x {len(contexts)} device(s) x {num_workers} worker(s)), "
+              f"{cfg['num_epochs']} epochs, loss {cfg['loss']}, devices {contexts}")
+    if rank == 0 and sets:
+        state.log(f"verification sets: {', '.join(f'{n} ({len(s[1])} pairs)' for n, s in sets.items())}")
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    state.fire("on_train_begin")
+    last = {}
+    for epoch in range(start_epoch, cfg["num_epochs"]):
+        state.epoch = epoch
+        train_metrics = train_one_epoch(state, loader, loss_fn)
+        state.log(f"Epoch[{epoch + 1}] done: loss {train_metrics['loss']:.4f}  acc {train_metrics['accuracy']:.4f}  "
+                  f"{train_metrics['samples_per_sec']:.1f} samples/s  {train_metrics['seconds']:.0f} s")
+        metrics = evaluate(state)
+        metrics["train"] = train_metrics
+        state.fire("on_eval", metrics)
+        state.fire("on_epoch_end", metrics)
+        last = metrics
+    state.fire("on_train_end")
+    summary = summarize(state, manager, last, time.time() - start)
+    return summary
+
+
+def summarize(state, manager, last, seconds):
+    """Log where everything is and return it as a dict."""
+    out = state.cfg["output_dir"]
+    pointer = manager.pointer
+    summary = {"output_dir": out, "config": os.path.join(out, "config.yaml"), "log": os.path.join(out, "train.log"),
+               "metrics": os.path.join(out, "metrics.csv"), "curves": os.path.join(out, "curves.png"),
+               "seconds": round(seconds, 1), "final": last.get("sets", {}),
+               "mean_accuracy": last.get("mean_accuracy"), "last": pointer.get("last"), "best": pointer.get("best"),
+               "prefix": manager.prefix, "data_dir": state.data_dir}
+    if not state.is_main:
+        return summary
+    state.log("=" * 78)
+    state.log(f"done in {cb.format_seconds(seconds)} ({state.step} steps)")
+    for name, result in summary["final"].items():
+        state.log(f"  final {name}: {result['accuracy'] * 100:.2f}% ± {result['accuracy_std'] * 100:.2f}")
+    if pointer.get("last"):
+        last_epoch, best = pointer["last"]["epoch"], pointer["best"]
+        state.log(f"  embedding network: {manager.prefix}-symbol.json + {manager.prefix}-{last_epoch:04d}.params "
+                  f"(mx.model.load_checkpoint('{manager.prefix}', {last_epoch}))")
+        state.log(f"  best: epoch {best['epoch']} (mean accuracy {best['accuracy']})")
+        state.log(f"  resume: python recipes/train.py --output-dir {out} --resume")
+        state.log(f"  evaluate: python eval/verification.py --model {manager.prefix},{last_epoch} "
+                  f"--data-dir {state.data_dir}")
+    state.log(f"  settings {summary['config']}, log {summary['log']}, metrics {summary['metrics']}, "
+              f"curves {summary['curves']}")
+    return summary
+
+
+def main(argv=None):
+    """Command line entry point (see ``--help``)."""
+    parser = config_mod.build_parser(symbols.list_models())
+    args = vars(parser.parse_args(argv))
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    from tools._cli import run_cli
+    run_cli(main)
