@@ -64,7 +64,7 @@ OPTIONS = {
     "kvstore": ("devices", "local", "local, device, dist_sync or dist_device_sync"),
     "amp": ("devices", False, "mixed precision (float16 on GPU; ignored with a warning on CPU)"),
     # evaluation
-    "eval_sets": ("evaluation", None, "comma-separated .bin set names (default: every *.bin in --data-dir)"),
+    "eval_sets": ("evaluation", None, "comma-separated .bin set names (default: every *.bin in --data-dir; none: no verification)"),
     "eval_interval": ("evaluation", 0, "also verify every N batches (0: only at each epoch end)"),
     "eval_batch_size": ("evaluation", 64, "batch size of verification embedding"),
     "eval_flip": ("evaluation", True, "sum the embeddings of each image and its flip (SPEC §6)"),

@@ -425,10 +425,9 @@ def run(cli, extra_callbacks=()):
                   f"next lr {current_lr(trainer):g}")
 
     sets = {}
-    if rank == 0:
+    if rank == 0 and str(cfg["eval_sets"]).lower() != "none":
         from eval.verification import load_sets
-        available = datasets.find_bins(data_dir)
-        if available or cfg["eval_sets"]:
+        if datasets.find_bins(data_dir) or cfg["eval_sets"]:
             sets = load_sets(data_dir, cfg["eval_sets"])
     state.verifier = Verifier(cfg, sets, contexts[0]) if sets else None
     loss_csv = os.path.join(output_dir, "loss.csv")
