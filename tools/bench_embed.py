@@ -105,6 +105,8 @@ def main(argv=None):
             print(f"{row['network']:<22}{row['mode']:<12}{row['images_per_sec']:>10.1f}"
                   f"{row['images_per_cpu_sec']:>14.1f}"
                   f"{row['ms_per_batch']:>10.1f}{row['max_rel_diff']:>12.2e}", flush=True)
+    import resource
+    print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return 0
 
 
