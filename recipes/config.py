@@ -20,7 +20,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 LOSSES = ("softmax", "arcface", "cosface", "combined")
 KVSTORES = ("local", "device", "dist_sync", "dist_device_sync")
-HYBRIDIZE = ("none", "plain", "static")
+HYBRIDIZE = ("none", "plain", "alloc", "static")
 
 # key -> (group, default, help). Types come from the defaults (None defaults are strings).
 OPTIONS = {
@@ -36,7 +36,8 @@ OPTIONS = {
     "network": ("model", "seesaw_shuffle", "backbone name (see --help's list)"),
     "emb_size": ("model", 512, "embedding size"),
     "act": ("model", None, "mobilefacenet activation: prelu or swish (default: the network's own)"),
-    "hybridize": ("model", "static", "backbone graph mode: none, plain, static (static_alloc/static_shape)"),
+    "hybridize": ("model", "plain", "backbone graph mode: none, plain (cached graph), alloc (static_alloc), static "
+                                    "(static_alloc+static_shape); see recipes/train.py:hybridize_backbone"),
     # loss
     "loss": ("loss", "arcface", "margin head: softmax, arcface, cosface, combined (SPEC §3)"),
     "margin_s": ("loss", 64.0, "scale s of the normalised heads"),
