@@ -343,6 +343,19 @@ def _kvstore(cfg, contexts):
     return (kind if len(contexts) > 1 else None), 0, 1
 
 
+def sync_initial_parameters(trainer):
+    """Distributed runs: broadcast rank 0's initial parameters to every worker now and wait until done.
+
+    MXNet 1.9.1's Trainer does this lazily inside the first ``step()``, without ordering the broadcast's pull
+    before the first gradient push-pull of the same key: under load a worker's pull can be answered after the
+    servers merged the first gradients, and that worker's weights silently become the gradient sum
+    (tests/test_distributed*.py catch it as workers that end with different weights).
+    """
+    trainer._init_kvstore()
+    trainer._init_params()
+    mx.nd.waitall()
+
+
 def run(cli, extra_callbacks=()):
     """Train with explicitly given options ``cli`` (dict; see :func:`recipes.config.build_parser`).
 
@@ -415,6 +428,8 @@ def run(cli, extra_callbacks=()):
     state.amp = amp_on
     if amp_on:
         amp.init_trainer(trainer)
+    if cfg["kvstore"].startswith("dist"):
+        sync_initial_parameters(trainer)
     manager = ckpt.CheckpointManager(output_dir, cfg["prefix"])
     start_epoch = 0
     if resume_path:
