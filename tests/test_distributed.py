@@ -32,6 +32,11 @@ net = gluon.nn.Dense(8, in_units=6)
 net.initialize(mx.init.Xavier(), ctx=ctxs)
 trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9, "wd": 5e-4},
                         kvstore=kv, update_on_kvstore=False)
+# MXNet 1.9.1 race: the Trainer's first-step broadcast pull can be served after the first gradient merge
+# (then a worker's weights become the gradient sum). Initialise the kvstore eagerly and wait.
+trainer._init_kvstore()
+trainer._init_params()
+mx.nd.waitall()
 pfc = PartialFC(40, 8, ctxs, sample_rate=0.5, scale=16.0, momentum=0.9, wd=5e-4, seed=0,
                 sample_seed=kv.rank)
 rng = np.random.RandomState(100 + kv.rank)  # different data and different sampled negatives per worker
