@@ -1,0 +1,560 @@
+"""Inference graphs for deployment (SPEC §1, §7): BatchNorm folded, channel shuffle absorbed, no transposes.
+
+A trained network (``symbols.get_model(...)`` with its parameters) is lowered into a small graph of plain
+operators (convolution with bias, sigmoid, multiply, add, PReLU, global pooling, concat, slice) that
+computes the same embedding. Two things are folded away:
+
+- **BatchNorm** into the preceding convolution (``W·γ/σ``, ``β − μ·γ/σ``); the head's last BatchNorm into
+  the fully connected layer before it.
+- **The channel shuffle.** Everything between the expansion and the projection of a Seesaw block (depthwise
+  conv, its activation, the SE block) works channel by channel, so a fixed permutation of the expanded
+  channels can be moved into the rows of the expansion weights and the columns of the projection weights.
+
+The graph keeps a tensor of a stage split into *pieces* (groups of channels kept as separate tensors),
+chosen so that each of the Seesaw block's uneven 1/4 : 3/4 convolutions reads and writes whole pieces:
+no slice, no concat and no transpose over full-resolution feature maps, and the multiply-adds of the
+uneven split are kept (a dense convolution with zero blocks would cost MobileFaceNet's pointwise MAdds).
+A convolution reading several pieces is a sum of convolutions, which oneDNN fuses (conv + sum post-op).
+
+``build_deploy_graph(net)`` gives a :class:`DeployGraph`; ``.to_symbol()`` gives an MXNet symbol and
+parameters, ``.to_onnx()`` an ONNX model (opset 13, dynamic batch). ``.madds()`` counts the multiply-adds
+the graph actually performs.
+"""
+import numpy as np
+
+from .common import ConvBNAct, FaceNet, GDCHead, Swish
+from .mobilefacenet import Bottleneck
+from .seesaw import SeesawBlock
+
+__all__ = ["DeployGraph", "build_deploy_graph", "fold_batchnorm", "shuffle_permutation", "LAYOUTS"]
+
+# How the expanded channels of a Seesaw block are grouped into tensors (see _seesaw_stream_groups).
+LAYOUTS = ("cells", "expand", "concat", "slice")
+
+
+class DeployGraph:
+    """A straight-line inference graph: input ``data`` (N, 3, H, W) → one output.
+
+    ``nodes`` is a list of dicts ``{'name', 'op', 'inputs': [names], 'channels', ...attributes}``; weights
+    live in ``params`` (name → float32 array). Build it with :func:`build_deploy_graph`.
+    """
+
+    def __init__(self):
+        self.nodes = []
+        self.params = {}
+        self.output = None
+        self._count = 0
+
+    def _add(self, op, inputs, channels, **attrs):
+        self._count += 1
+        name = f"{op}{self._count}"
+        self.nodes.append(dict(name=name, op=op, inputs=list(inputs), channels=int(channels), **attrs))
+        return name
+
+    def input(self, channels=3):
+        """The graph input ``data``."""
+        self.nodes.append(dict(name="data", op="input", inputs=[], channels=channels))
+        return "data"
+
+    def conv(self, x, weight, bias, stride=1, pad=0, groups=1):
+        """Convolution with bias; ``weight`` (O, I/groups, kh, kw)."""
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        name = self._add("conv", [x], weight.shape[0], kernel=weight.shape[2:], stride=stride, pad=pad,
+                         groups=groups)
+        self.params[name + "_weight"] = weight
+        self.params[name + "_bias"] = np.ascontiguousarray(bias, dtype=np.float32)
+        return name
+
+    def swish(self, x, channels):
+        """``x * sigmoid(x)``."""
+        return self._add("mul", [x, self.sigmoid(x, channels)], channels, same_shape=True)
+
+    def sigmoid(self, x, channels):
+        return self._add("sigmoid", [x], channels)
+
+    def mul(self, a, b, channels):
+        """Elementwise product; ``b`` may be (N, C, 1, 1) and is broadcast."""
+        return self._add("mul", [a, b], channels)
+
+    def add(self, a, b, channels):
+        return self._add("add", [a, b], channels)
+
+    def prelu(self, x, alpha):
+        name = self._add("prelu", [x], len(alpha))
+        self.params[name + "_alpha"] = np.asarray(alpha, dtype=np.float32)
+        return name
+
+    def relu(self, x, channels):
+        return self._add("relu", [x], channels)
+
+    def gap(self, x, channels):
+        """Global average pool → (N, C, 1, 1)."""
+        return self._add("gap", [x], channels)
+
+    def maxpool2(self, x, channels):
+        """2×2 max pool, stride 2."""
+        return self._add("maxpool2", [x], channels)
+
+    def concat(self, xs, channels):
+        return self._add("concat", xs, channels)
+
+    def slice(self, x, begin, end):
+        """Channels ``begin:end``."""
+        return self._add("slice", [x], end - begin, begin=begin, end=end)
+
+    def flatten(self, x, channels):
+        return self._add("flatten", [x], channels)
+
+    # ---------------------------------------------------------------- analysis
+    def op_counts(self):
+        """``{op: count}`` over the graph (the input excluded)."""
+        counts = {}
+        for node in self.nodes[1:]:
+            counts[node["op"]] = counts.get(node["op"], 0) + 1
+        return counts
+
+    def madds(self, input_shape=(1, 3, 112, 112)):
+        """Multiply-adds of the convolutions as built (zero weights included), at ``input_shape``."""
+        sizes = {"data": tuple(input_shape[2:])}
+        total = 0
+        for node in self.nodes[1:]:
+            h, w = sizes[node["inputs"][0]]
+            if node["op"] == "conv":
+                kh, kw = node["kernel"]
+                s, p = node["stride"], node["pad"]
+                h, w = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+                weight = self.params[node["name"] + "_weight"]
+                total += int(np.prod(weight.shape)) * h * w
+            elif node["op"] == "maxpool2":
+                h, w = h // 2, w // 2
+            elif node["op"] == "gap":
+                h, w = 1, 1
+            sizes[node["name"]] = (h, w)
+        return total * input_shape[0]
+
+    # ---------------------------------------------------------------- backends
+    def to_symbol(self):
+        """MXNet symbol with input ``data`` and its ``arg_params`` (NDArray dict; no aux params).
+
+        Returns ``(symbol, arg_params, aux_params)`` like ``mx.model.load_checkpoint``.
+        """
+        import mxnet as mx
+
+        sym = {"data": mx.sym.var("data")}
+        arg_params = {}
+        for node in self.nodes[1:]:
+            name, op = node["name"], node["op"]
+            xs = [sym[i] for i in node["inputs"]]
+            if op == "conv":
+                wname, bname = name + "_weight", name + "_bias"
+                out = mx.sym.Convolution(xs[0], weight=mx.sym.var(wname), bias=mx.sym.var(bname),
+                                         kernel=tuple(node["kernel"]), stride=(node["stride"],) * 2,
+                                         pad=(node["pad"],) * 2, num_filter=node["channels"],
+                                         num_group=node["groups"], no_bias=False, name=name)
+                arg_params[wname] = mx.nd.array(self.params[wname])
+                arg_params[bname] = mx.nd.array(self.params[bname])
+            elif op == "sigmoid":
+                out = mx.sym.Activation(xs[0], act_type="sigmoid", name=name)
+            elif op == "relu":
+                out = mx.sym.Activation(xs[0], act_type="relu", name=name)
+            elif op == "mul" and node.get("same_shape"):
+                out = mx.sym.elemwise_mul(xs[0], xs[1], name=name)
+            elif op == "mul":
+                out = mx.sym.broadcast_mul(xs[0], xs[1], name=name)
+            elif op == "add":
+                out = mx.sym.elemwise_add(xs[0], xs[1], name=name)
+            elif op == "prelu":
+                # MXNet's own PReLU is its fastest form (ONNX Runtime's is not, see to_onnx).
+                gname = name + "_alpha"
+                out = mx.sym.LeakyReLU(xs[0], gamma=mx.sym.var(gname), act_type="prelu", name=name)
+                arg_params[gname] = mx.nd.array(self.params[gname])
+            elif op == "gap":
+                out = mx.sym.Pooling(xs[0], kernel=(1, 1), global_pool=True, pool_type="avg", name=name)
+            elif op == "maxpool2":
+                out = mx.sym.Pooling(xs[0], kernel=(2, 2), stride=(2, 2), pool_type="max", name=name)
+            elif op == "concat":
+                out = mx.sym.concat(*xs, dim=1, name=name)
+            elif op == "slice":
+                out = mx.sym.slice_axis(xs[0], axis=1, begin=node["begin"], end=node["end"], name=name)
+            elif op == "flatten":
+                out = mx.sym.flatten(xs[0], name=name)
+            else:
+                raise ValueError(f"unknown deploy op {op!r}")
+            sym[name] = out
+        return mx.sym.identity(sym[self.output], name="embedding"), arg_params, {}
+
+    def to_onnx(self, opset=13, dynamic_batch=True, input_size=(112, 112)):
+        """ONNX ModelProto: input ``data`` (N, 3, H, W) float32, output ``embedding`` (N, D); N symbolic
+        when ``dynamic_batch``."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        nodes, inits = [], []
+        channels_out = None
+        for node in self.nodes[1:]:
+            name, op, xs = node["name"], node["op"], list(node["inputs"])
+            if op == "conv":
+                kh, kw = node["kernel"]
+                p = node["pad"]
+                for suffix in ("_weight", "_bias"):
+                    inits.append(numpy_helper.from_array(self.params[name + suffix], name + suffix))
+                nodes.append(helper.make_node("Conv", xs + [name + "_weight", name + "_bias"], [name],
+                                              kernel_shape=[kh, kw], strides=[node["stride"]] * 2,
+                                              pads=[p, p, p, p], group=node["groups"], name=name))
+            elif op == "sigmoid":
+                nodes.append(helper.make_node("Sigmoid", xs, [name], name=name))
+            elif op == "relu":
+                nodes.append(helper.make_node("Relu", xs, [name], name=name))
+            elif op == "mul":
+                nodes.append(helper.make_node("Mul", xs, [name], name=name))
+            elif op == "add":
+                nodes.append(helper.make_node("Add", xs, [name], name=name))
+            elif op == "prelu":
+                alpha = self.params[name + "_alpha"]
+                form = _prelu_form(alpha)
+                inits.append(numpy_helper.from_array(alpha.reshape(-1, 1, 1), name + "_alpha"))
+                nodes.append(helper.make_node("Mul", xs + [name + "_alpha"], [name + "_scaled"]))
+                if form in ("max", "min"):
+                    nodes.append(helper.make_node(form.capitalize(), [xs[0], name + "_scaled"], [name], name=name))
+                else:
+                    inits.append(numpy_helper.from_array((1 - alpha).reshape(-1, 1, 1), name + "_rest"))
+                    nodes.append(helper.make_node("Relu", xs, [name + "_relu"]))
+                    nodes.append(helper.make_node("Mul", [name + "_relu", name + "_rest"], [name + "_pos"]))
+                    nodes.append(helper.make_node("Add", [name + "_scaled", name + "_pos"], [name], name=name))
+            elif op == "gap":
+                nodes.append(helper.make_node("GlobalAveragePool", xs, [name], name=name))
+            elif op == "maxpool2":
+                nodes.append(helper.make_node("MaxPool", xs, [name], kernel_shape=[2, 2], strides=[2, 2],
+                                              name=name))
+            elif op == "concat":
+                nodes.append(helper.make_node("Concat", xs, [name], axis=1, name=name))
+            elif op == "slice":
+                for key, value in (("starts", node["begin"]), ("ends", node["end"]), ("axes", 1)):
+                    inits.append(numpy_helper.from_array(np.array([value], dtype=np.int64), f"{name}_{key}"))
+                nodes.append(helper.make_node("Slice", xs + [f"{name}_starts", f"{name}_ends", f"{name}_axes"],
+                                              [name], name=name))
+            elif op == "flatten":
+                nodes.append(helper.make_node("Flatten", xs, [name], axis=1, name=name))
+            else:
+                raise ValueError(f"unknown deploy op {op!r}")
+            if name == self.output:
+                channels_out = node["channels"]
+        nodes.append(helper.make_node("Identity", [self.output], ["embedding"], name="embedding"))
+        batch = "N" if dynamic_batch else 1
+        graph = helper.make_graph(
+            nodes, "seesawface",
+            [helper.make_tensor_value_info("data", TensorProto.FLOAT, [batch, 3, *input_size])],
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, channels_out])],
+            initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                  producer_name="seesawface")
+        model.ir_version = min(model.ir_version, 8)
+        onnx.checker.check_model(model)
+        return model
+
+
+def _prelu_form(alpha):
+    """How PReLU is written for ONNX Runtime, whose per-channel PRelu kernel is ~10x slower than two
+    elementwise ops: ``max(x, a·x)`` when every slope a ≤ 1, ``min(x, a·x)`` when every a ≥ 1, else
+    ``a·x + (1 − a)·relu(x)``."""
+    if np.all(alpha <= 1):
+        return "max"
+    if np.all(alpha >= 1):
+        return "min"
+    return "mixed"
+
+
+# -------------------------------------------------------------------- folding helpers
+def fold_batchnorm(conv_weight, bn_params, eps):
+    """Fold an inference BatchNorm into the convolution before it.
+
+    ``bn_params`` = (gamma, beta, running_mean, running_var). Returns (weight, bias) with
+    ``conv(x, weight) + bias == bn(conv(x, conv_weight))``.
+    """
+    gamma, beta, mean, var = (np.asarray(p, dtype=np.float64) for p in bn_params)
+    scale = gamma / np.sqrt(var + eps)
+    weight = np.asarray(conv_weight, dtype=np.float64) * scale.reshape(-1, *([1] * (conv_weight.ndim - 1)))
+    return weight, beta - mean * scale
+
+
+def shuffle_permutation(channels, groups=2):
+    """Source channel of each output channel of :func:`symbols.common.channel_shuffle`:
+    ``shuffled[:, k] == x[:, perm[k]]``."""
+    k = np.arange(channels)
+    per_group = channels // groups
+    return (k % groups) * per_group + k // groups
+
+
+def _np(param):
+    return param.data().asnumpy().astype(np.float64)
+
+
+def _bn(bn):
+    return (_np(bn.gamma), _np(bn.beta), _np(bn.running_mean), _np(bn.running_var)), bn._kwargs["eps"]
+
+
+def _folded(block):
+    """(weight, bias, act_spec) of a ConvBNAct; act_spec is None, 'swish', 'relu' or ('prelu', alpha)."""
+    params, eps = _bn(block.bn)
+    weight, bias = fold_batchnorm(_np(block.conv.weight), params, eps)
+    act = block.act
+    if act is None:
+        spec = None
+    elif isinstance(act, Swish):
+        spec = "swish"
+    elif act.__class__.__name__ == "PReLU":
+        spec = ("prelu", _np(act.alpha))
+    elif act.__class__.__name__ == "Activation" and act._act_type == "relu":
+        spec = "relu"
+    else:
+        raise ValueError(f"cannot fold activation {act!r}")
+    return weight, bias, spec
+
+
+def _conv_args(block):
+    conv = block.conv
+    return dict(stride=conv._kwargs["stride"][0], pad=conv._kwargs["pad"][0])
+
+
+# -------------------------------------------------------------------- lowering
+class _Lowering:
+    """Emits layers over tensors split into pieces: a piece is (tensor name, logical channel indices)."""
+
+    def __init__(self, graph, slice_reads=False):
+        self.g = graph
+        self.slice_reads = slice_reads
+
+    def activation(self, pieces, spec):
+        if spec is None:
+            return pieces
+        out = []
+        for name, idx in pieces:
+            if spec == "swish":
+                out.append((self.g.swish(name, len(idx)), idx))
+            elif spec == "relu":
+                out.append((self.g.relu(name, len(idx)), idx))
+            else:
+                out.append((self.g.prelu(name, spec[1][idx]), idx))
+        return out
+
+    def dense(self, pieces, weight, bias, groups, stride=1, pad=0):
+        """Dense conv ``weight`` (O, I, kh, kw) over the logical input held in ``pieces``.
+
+        ``groups`` lists the output tensors to make; each is a list of row-index arrays (sub-groups,
+        concatenated). A sub-group is the sum of one convolution per input piece it has non-zero weights
+        for (the bias goes into the first). Returns the output pieces.
+        """
+        out = []
+        for group in groups:
+            parts = []
+            for rows in group:
+                acc = None
+                used = [(name, idx) for name, idx in pieces if np.any(weight[rows][:, idx])] or pieces[:1]
+                for name, idx in used:
+                    w = weight[rows][:, idx]
+                    if self.slice_reads:
+                        name, idx, w = self._narrow(name, idx, w)
+                    b = bias[rows] if acc is None else np.zeros(len(rows))
+                    y = self.g.conv(name, w, b, stride=stride, pad=pad)
+                    acc = y if acc is None else self.g.add(y, acc, len(rows))
+                parts.append(acc)
+            idx = np.concatenate(group)
+            name = parts[0] if len(parts) == 1 else self.g.concat(parts, len(idx))
+            out.append((name, idx))
+        return out
+
+    def _narrow(self, name, idx, w):
+        """Slice a piece to the contiguous channel range a convolution actually reads, if there is one."""
+        cols = np.flatnonzero(np.any(w.reshape(w.shape[0], w.shape[1], -1) != 0, axis=(0, 2)))
+        if len(cols) == 0 or len(cols) == len(idx) or cols[-1] - cols[0] + 1 != len(cols):
+            return name, idx, w
+        begin, end = int(cols[0]), int(cols[-1]) + 1
+        return self.g.slice(name, begin, end), idx[begin:end], w[:, begin:end]
+
+    def depthwise(self, pieces, weight, bias, stride, pad):
+        return [(self.g.conv(name, weight[idx], bias[idx], stride=stride, pad=pad, groups=len(idx)), idx)
+                for name, idx in pieces]
+
+    def add(self, a_pieces, b_pieces):
+        out = []
+        for (a, idx_a), (b, idx_b) in zip(a_pieces, b_pieces):
+            if not np.array_equal(idx_a, idx_b):
+                raise ValueError("residual pieces do not line up")
+            out.append((self.g.add(a, b, len(idx_a)), idx_a))
+        return out
+
+    def se(self, pieces, se):
+        """SE block over the pieces of one feature map (channel order of the pieces is arbitrary)."""
+        w1, b1 = _np(se.fc1.weight), _np(se.fc1.bias)
+        w2, b2 = _np(se.fc2.weight), _np(se.fc2.bias)
+        alpha = _np(se.act.alpha)
+        order = np.concatenate([idx for _, idx in pieces])
+        pooled = [self.g.gap(name, len(idx)) for name, idx in pieces]
+        pooled = pooled[0] if len(pooled) == 1 else self.g.concat(pooled, len(order))
+        h = self.g.conv(pooled, w1[:, order], b1)
+        h = self.g.prelu(h, alpha)
+        gate = self.g.sigmoid(self.g.conv(h, w2[order], b2[order]), len(order))
+        out, start = [], 0
+        for name, idx in pieces:
+            g = gate if len(pieces) == 1 else self.g.slice(gate, start, start + len(idx))
+            start += len(idx)
+            out.append((self.g.mul(name, g, len(idx)), idx))
+        return out
+
+
+def _split(channels, parts):
+    """Contiguous row groups ``[[arange(a, b)], ...]`` at the boundaries ``parts`` (fractions of 4)."""
+    bounds = [0] + [channels * q // 4 for q in parts] + [channels]
+    return [[np.arange(a, b)] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _stage_partition(block, channels):
+    """How the tensor between the blocks of a stage is split into pieces (logical channel groups)."""
+    if isinstance(block, SeesawBlock):
+        if block.variant == "share":
+            # The share projection writes (3/4 | 1/4) while the next expansion reads (1/4 | 3/4).
+            return _split(channels, [1, 3])
+        return _split(channels, [1])
+    return _split(channels, [])
+
+
+def _seesaw_stream_groups(block, layout):
+    """Expanded-channel tensors of a Seesaw block, in the depthwise stage's (shuffled) channel order.
+
+    ``cells``: one tensor per (expansion conv × projection conv) pair, so every pointwise conv reads and
+    writes whole tensors (exact MAdds, no copies, most ops). ``expand``: one tensor per expansion conv (the
+    projections read them with some zero columns). ``concat``: one tensor, the expansion outputs concatenated
+    (one copy of the expanded map, then slices for the projections).
+    """
+    e = block.e_quarter + block.e_three
+    perm = shuffle_permutation(e) if block.variant == "shuffle" else np.arange(e)
+    stream = np.arange(e)
+    from_first = perm < block.e_quarter            # stream channel made by expand_1
+    if block.variant == "shuffle":
+        to_first = stream < block.e_quarter        # stream channel read by project_1
+    else:
+        to_first = stream >= block.e_three
+    if layout == "cells":
+        cells = [stream[from_first & to_first], stream[from_first & ~to_first],
+                 stream[~from_first & to_first], stream[~from_first & ~to_first]]
+        return [[c] for c in cells if len(c)]
+    if layout == "expand":
+        return [[stream[from_first]], [stream[~from_first]]]
+    if layout in ("concat", "slice"):
+        # Order the cells so that the 3/4 projection reads one contiguous channel range.
+        return [[np.concatenate([stream[from_first & to_first], stream[from_first & ~to_first]]),
+                 np.concatenate([stream[~from_first & ~to_first], stream[~from_first & to_first]])]]
+    raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+
+
+def _lower_seesaw(low, block, pieces, out_groups, layout):
+    e = block.e_quarter + block.e_three
+    perm = shuffle_permutation(e) if block.variant == "shuffle" else np.arange(e)
+    in_c = sum(len(idx) for _, idx in pieces)
+    w1, b1, act = _folded(block.expand_1)
+    w3, b3, _ = _folded(block.expand_3)
+    q = block.in_quarter
+    w_exp = np.zeros((e, in_c, 1, 1))
+    w_exp[:block.e_quarter, :q] = w1
+    w_exp[block.e_quarter:, q:] = w3
+    b_exp = np.concatenate([b1, b3])
+    stream = low.dense(pieces, w_exp[perm], b_exp[perm], _seesaw_stream_groups(block, layout))
+    stream = low.activation(stream, act)
+    wd, bd, act_dw = _folded(block.dw)
+    stream = low.activation(low.depthwise(stream, wd, bd, **_conv_args(block.dw)), act_dw)
+    stream = low.se(stream, block.se)
+    p1w, p1b, _ = _folded(block.project_1)
+    p3w, p3b, _ = _folded(block.project_3)
+    out_c = p1w.shape[0] + p3w.shape[0]
+    w_proj = np.zeros((out_c, e, 1, 1))
+    if block.variant == "shuffle":
+        w_proj[:p1w.shape[0], :block.e_quarter] = p1w
+        w_proj[p1w.shape[0]:, block.e_quarter:] = p3w
+        b_proj = np.concatenate([p1b, p3b])
+    else:
+        w_proj[:p3w.shape[0], :block.e_three] = p3w
+        w_proj[p3w.shape[0]:, block.e_three:] = p1w
+        b_proj = np.concatenate([p3b, p1b])
+    out = low.dense(stream, w_proj, b_proj, out_groups)
+    if block.residual:
+        out = low.add(out, pieces)
+    if block.skip is not None:
+        ws, bs, act_s = _folded(block.skip)
+        pooled = [(low.g.maxpool2(name, len(idx)), idx) for name, idx in pieces]
+        skip = low.activation(low.dense(pooled, ws, bs, out_groups), act_s)
+        out = low.add(out, skip)
+    return out
+
+
+def _lower_bottleneck(low, block, pieces, out_groups):
+    we, be, act = _folded(block.expand)
+    stream = low.activation(low.dense(pieces, we, be, [[np.arange(we.shape[0])]]), act)
+    wd, bd, act_dw = _folded(block.dw)
+    stream = low.activation(low.depthwise(stream, wd, bd, **_conv_args(block.dw)), act_dw)
+    wp, bp, _ = _folded(block.project)
+    out = low.dense(stream, wp, bp, out_groups)
+    return low.add(out, pieces) if block.residual else out
+
+
+def build_deploy_graph(net, layout="cells"):
+    """Lower an initialised ``FaceNet`` (any registered network) into a :class:`DeployGraph`.
+
+    ``layout`` (one of ``LAYOUTS``) chooses how a Seesaw block's expanded channels are held (see
+    ``_seesaw_stream_groups``); every layout computes the same function. The graph has input ``data``
+    (N, 3, 112, 112) and output the (N, emb_size) embedding of ``net`` in inference mode.
+    """
+    if not isinstance(net, FaceNet):
+        raise ValueError(f"build_deploy_graph needs a symbols.get_model network, got {type(net).__name__}")
+    g = DeployGraph()
+    low = _Lowering(g, slice_reads=layout == "slice")
+    x = [(g.input(3), np.arange(3))]
+    blocks = [block for stage in net.stages for block in stage]
+    first = blocks[0]
+    partition = _stage_partition(first, net.stem.dw.conv._channels)
+
+    w, b, act = _folded(net.stem.conv)
+    x = low.activation(low.dense(x, w, b, partition, **_conv_args(net.stem.conv)), act)
+    w, b, act = _folded(net.stem.dw)
+    x = low.activation(low.depthwise(x, w, b, **_conv_args(net.stem.dw)), act)
+
+    for i, block in enumerate(blocks):
+        out_c = _out_channels(block)
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+        out_groups = _stage_partition(nxt, out_c) if nxt is not None else [[np.arange(out_c)]]
+        if block.residual:  # the residual add needs the output split like the input
+            out_groups = [[idx] for _, idx in x]
+        if isinstance(block, SeesawBlock):
+            x = _lower_seesaw(low, block, x, out_groups, layout)
+        elif isinstance(block, Bottleneck):
+            x = _lower_bottleneck(low, block, x, out_groups)
+        else:
+            raise ValueError(f"cannot lower block {type(block).__name__}")
+
+    head = net.head
+    if not isinstance(head, GDCHead):
+        raise ValueError(f"cannot lower head {type(head).__name__}")
+    w, b, act = _folded(head.conv_sep)
+    x = low.activation(low.dense(x, w, b, [[np.arange(w.shape[0])]]), act)
+    w, b, _ = _folded(head.conv_dw)
+    (name, _), = low.depthwise(x, w, b, stride=1, pad=0)
+    params, eps = _bn(head.bn)
+    wl, bl = fold_batchnorm(_np(head.linear.weight), params, eps)
+    name = g.conv(name, wl, bl)
+    g.output = g.flatten(name, wl.shape[0])
+    return g
+
+
+def _out_channels(block):
+    if isinstance(block, SeesawBlock):
+        return block.project_1.conv._channels + block.project_3.conv._channels
+    return block.project.conv._channels
+
+
+def equivalence_check(net, graph, x):
+    """Max abs difference between ``net(x)`` and the graph's MXNet symbol on ``x`` (an NDArray batch)."""
+    import mxnet as mx
+
+    sym, args, _ = graph.to_symbol()
+    exe = sym.bind(mx.cpu(), dict(args, data=x), grad_req="null")
+    out = exe.forward(is_train=False)[0].asnumpy()
+    return float(np.abs(out - net(x).asnumpy()).max())
