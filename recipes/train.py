@@ -344,16 +344,31 @@ def _kvstore(cfg, contexts):
 
 
 def sync_initial_parameters(trainer):
-    """Distributed runs: broadcast rank 0's initial parameters to every worker now and wait until done.
+    """Distributed runs: give every worker rank 0's initial parameters before the first step.
 
-    MXNet 1.9.1's Trainer does this lazily inside the first ``step()``, without ordering the broadcast's pull
-    before the first gradient push-pull of the same key: under load a worker's pull can be answered after the
-    servers merged the first gradients, and that worker's weights silently become the gradient sum
-    (tests/test_distributed*.py catch it as workers that end with different weights).
+    MXNet 1.9.1's Trainer does this lazily inside the first ``step()`` (``kvstore.broadcast`` per key) and
+    fails in two ways: rank 0's init push of a weight that oneDNN holds in its own layout fails silently, so
+    the server aborts with "init N first" when the others pull it; and a pull may be answered after the first
+    gradients were merged (that worker's weights silently become the gradient sum). Here: init every key from
+    plain-layout copies, wait until rank 0's pushes are acknowledged, barrier, then pull and wait.
     """
     trainer._init_kvstore()
-    trainer._init_params()
+    kv = trainer._kvstore
+    params = [p for p in trainer._params_to_init if not p._deferred_init]
+    if kv is None or not params:
+        return
+    keys = [trainer._param2idx[p.name] for p in params]
+    # Plain-layout copies: after an inference forward oneDNN may keep a weight in its own layout, which the
+    # kvstore cannot send ("We can't generate TBlob for MKLDNN data").
+    kv.init(keys, [mx.nd.array(p.list_data()[0].asnumpy(), dtype=p.dtype) for p in params])
     mx.nd.waitall()
+    kv._barrier()
+    pulled = [mx.nd.zeros(p.shape, dtype=p.dtype) for p in params]
+    kv.pull(keys, out=pulled)
+    mx.nd.waitall()
+    for param, value in zip(params, pulled):
+        param.set_data(value)
+    trainer._params_to_init = [p for p in trainer._params_to_init if p._deferred_init]
 
 
 def run(cli, extra_callbacks=()):
