@@ -236,10 +236,16 @@ class PartialFC:
     def _aggregate(self, kvstore):
         """Sum shard gradients and sampled-row masks over the workers of a dist kvstore (in place)."""
         if not self._kv_ready:
+            keys, values = [], []
             for shard, weight in enumerate(self.weights):
-                kvstore.init(KV_KEY_BASE + 2 * shard, mx.nd.zeros(weight.shape, ctx=weight.context))
-                kvstore.init(KV_KEY_BASE + 2 * shard + 1, mx.nd.zeros(self.masks[shard].shape,
-                                                                      ctx=weight.context))
+                keys += [KV_KEY_BASE + 2 * shard, KV_KEY_BASE + 2 * shard + 1]
+                values += [mx.nd.zeros(weight.shape, ctx=weight.context),
+                           mx.nd.zeros(self.masks[shard].shape, ctx=weight.context)]
+            kvstore.init(keys, values)
+            # MXNet 1.9.1 does not wait for rank 0's init pushes before its barrier: a worker's first push
+            # could reach a server first and be taken for the initial value. Wait, then barrier again.
+            mx.nd.waitall()
+            kvstore._barrier()
             self._kv_ready = True
         for shard, weight in enumerate(self.weights):
             kvstore.pushpull(KV_KEY_BASE + 2 * shard, weight.grad, out=weight.grad)
