@@ -326,3 +326,77 @@ class PartialFC:
         """Bytes of persistent fc7 state (weight, gradient, momentum, row mask) held on each context."""
         return [sum(a.size * 4 for a in (w, w.grad, m, k))
                 for w, m, k in zip(self.weights, self.momenta, self.masks)]
+
+
+class _StateArray:
+    """Checkpoint view of one full (num_classes, emb) array of a :class:`ShardedHead` (weight or momentum).
+
+    Quacks like a Gluon Parameter for ``recipes.checkpoint``: ``shape``, ``data(ctx)`` (the gathered array),
+    ``set_data(value)`` (split over this run's shards), so state files stay device-count independent.
+    """
+
+    def __init__(self, pfc, which):
+        self._pfc, self._which = pfc, which
+        self.shape = (pfc.num_classes, pfc.emb_size)
+
+    def data(self, ctx=None):
+        arrays = self._pfc.weights if self._which == "weight" else self._pfc.momenta
+        return mx.nd.array(np.concatenate([a.asnumpy() for a in arrays]))
+
+    def set_data(self, value):
+        value = value.asnumpy() if isinstance(value, mx.nd.NDArray) else np.asarray(value)
+        if self._which == "weight":
+            momentum = np.concatenate([m.asnumpy() for m in self._pfc.momenta])
+            self._pfc.set_weight(value, momentum)
+        else:
+            self._pfc.set_weight(self._pfc.gather_weight(), value)
+
+
+class ShardedHead(mx.gluon.Block):
+    """:class:`PartialFC` behind the margin-head interface of ``recipes.train`` (``--fc7-parallel``).
+
+    ``sharded = True`` tells the training step to call :meth:`loss` with every device's embeddings at once
+    instead of ``head(embeddings, labels) -> logits`` per device, and :meth:`step` after the Trainer. It
+    holds no Gluon parameters (the Trainer leaves fc7 alone); checkpoints see ``weight`` and ``momentum`` as
+    full (num_classes, emb) arrays. ``set_margin_scale``/``margin_scale`` as ``recipes.heads.MarginHead``.
+    """
+
+    sharded = True
+
+    def __init__(self, num_classes, emb_size, contexts, sample_rate=1.0, scale=64.0, margins=(1.0, 0.5, 0.0),
+                 momentum=0.9, wd=5e-4, lr_mult=1.0, seed=0, rank=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pfc = PartialFC(num_classes, emb_size, contexts, sample_rate=sample_rate, scale=scale,
+                             margins=margins, momentum=momentum, wd=wd, seed=seed, sample_seed=seed * 1009 + rank)
+        self.lr_mult = float(lr_mult)
+        self._state = {"weight": _StateArray(self.pfc, "weight"), "momentum": _StateArray(self.pfc, "momentum")}
+
+    @property
+    def margin_scale(self):
+        return self.pfc.margin_scale
+
+    def set_margin_scale(self, value):
+        self.pfc.set_margin_scale(value)
+
+    def effective_margins(self):
+        return self.pfc.effective_margins()
+
+    def _collect_params_with_prefix(self, prefix=""):
+        return {prefix + name: array for name, array in self._state.items()}
+
+    def loss(self, embeddings, labels):
+        """Per-sample loss (B_total,) on the first context; see :meth:`PartialFC.__call__`."""
+        return self.pfc(embeddings, labels)
+
+    @property
+    def last_accuracy(self):
+        return self.pfc.last_accuracy
+
+    def step(self, learning_rate, global_batch, kvstore=None, allreduce=None):
+        """Update fc7 after ``trainer.step``: ``learning_rate`` is the Trainer's for this step (× ``lr_mult``)."""
+        kv = kvstore if kvstore is not None and not isinstance(kvstore, str) else None
+        self.pfc.step(learning_rate * self.lr_mult, 1.0 / global_batch, kvstore=kv, allreduce=allreduce)
+
+    def forward(self, *args):
+        raise RuntimeError("ShardedHead computes the loss over all devices at once: call .loss(embeddings_list, "
+                           "labels_list), not head(x, y)")

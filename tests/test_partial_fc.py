@@ -232,3 +232,26 @@ def test_matches_the_recipe_margin_head(margins, margin_scale):
     assert_close(loss, ref.asnumpy())
     assert_close(np.concatenate(x_grads), x.grad.asnumpy())
     assert_close(w_grad, head.weight.grad().asnumpy())
+
+
+def test_sharded_head_checkpoint_view_is_device_count_free():
+    from recipes.partial_fc import ShardedHead
+    three = ShardedHead(NUM_CLASSES, EMB, contexts(3), sample_rate=0.5, **ARCFACE)
+    xs, ys = batch(seed=3)
+    with autograd.record():
+        loss = three.loss(xs, ys)
+    loss.backward()
+    three.step(0.1, 12)
+    assert list(three.collect_params().keys()) == []  # the Gluon Trainer leaves fc7 alone
+    view = three._collect_params_with_prefix()
+    assert sorted(view) == ["momentum", "weight"] and view["weight"].shape == (NUM_CLASSES, EMB)
+    two = ShardedHead(NUM_CLASSES, EMB, contexts(2), seed=5, **ARCFACE)
+    for name, array in two._collect_params_with_prefix().items():
+        array.set_data(mx.nd.array(view[name].data().asnumpy()))
+    np.testing.assert_array_equal(two.pfc.gather_weight(), three.pfc.gather_weight())
+    np.testing.assert_array_equal(two._collect_params_with_prefix()["momentum"].data().asnumpy(),
+                                  view["momentum"].data().asnumpy())
+    three.set_margin_scale(0.5)
+    assert three.margin_scale == 0.5 and three.effective_margins() == (1.0, 0.25, 0.0)
+    with pytest.raises(RuntimeError, match="loss"):
+        three(xs[0], ys[0])
