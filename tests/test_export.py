@@ -1,0 +1,82 @@
+"""tools/export.py: every export reproduces the source network, or is refused with the measured difference."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from tests.test_deploy import _trained_like
+from tools import export
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A seesaw_shuffle checkpoint on disk (PREFIX,0) and its network."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    net = _trained_like("seesaw_shuffle", seed=7)
+    probe = export.probe_batch(4)
+    export.export_symbol(net, str(folder / "model"), probe)
+    return net, f"{folder / 'model'},0", probe
+
+
+def test_checkpoint_round_trip_recognises_network(source):
+    net, spec, probe = source
+    loaded, info = export.load_source(spec)
+    assert info["network"] == "seesaw_shuffle" and info["emb_size"] == 512
+    x = mx.nd.array(probe)
+    assert np.abs(loaded(x).asnumpy() - net(x).asnumpy()).max() == 0
+
+
+def test_infer_network_prefers_longest_name_and_mfn_activation():
+    assert export.infer_network(["arg:seesaw_shuffle_mobi_stem_conv_conv_weight"])[0] == "seesaw_shuffle_mobi"
+    assert export.infer_network(["mobilefacenet_stem_conv_act_alpha"]) == ("mobilefacenet", {"act": "prelu"})
+    assert export.infer_network(["mobilefacenet_stem_conv_conv_weight"]) == ("mobilefacenet", {"act": "swish"})
+    with pytest.raises(ValueError, match="--network"):
+        export.infer_network(["resnet_conv0_weight"])
+
+
+def test_deploy_and_onnx_exports_match(source, tmp_path):
+    import onnxruntime as ort
+
+    net, _, probe = source
+    stats = export.export_deploy(net, str(tmp_path / "deploy" / "deploy"), probe)
+    assert stats["max_abs_diff"] <= 1e-4
+    sym, args, aux = mx.model.load_checkpoint(str(tmp_path / "deploy" / "deploy"), 0)
+    ops = {n["op"] for n in json.loads(sym.tojson())["nodes"]}
+    assert not ops & {"transpose", "SwapAxis", "Reshape", "BatchNorm"}
+    block = export.symbol_block(sym, args, aux)
+    assert np.abs(export.run_block(block, probe) - net(mx.nd.array(probe)).asnumpy()).max() <= 1e-4
+
+    stats = export.export_onnx(net, str(tmp_path / "model.onnx"), probe)
+    assert stats["max_abs_diff"] <= 1e-4 and stats["min_cosine"] > 0.9999
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"data": probe[:3]})[0]
+    assert np.abs(out - net(mx.nd.array(probe[:3])).asnumpy()).max() <= 1e-4
+
+
+def test_mismatch_is_refused_and_nothing_written(source, tmp_path):
+    net, _, probe = source
+    with pytest.raises(export.ExportMismatch, match="max abs difference"):
+        export.export_onnx(net, str(tmp_path / "model.onnx"), probe, tolerance=0.0)
+    assert not os.path.exists(tmp_path / "model.onnx")
+
+
+def test_int8_quantizes_and_checks_cosine(tmp_path):
+    net = _trained_like("mobilefacenet", seed=2)
+    rng = np.random.RandomState(0)
+    images = rng.normal(0, 0.6, (16, 3, 112, 112)).astype(np.float32)
+    qsym, qargs, qaux = export.quantize_int8(net, images)
+    ops = {n["op"] for n in json.loads(qsym.tojson())["nodes"]}
+    assert any("quantize" in op for op in ops)
+    with pytest.raises(export.ExportMismatch, match="cosine"):
+        export.export_int8(net, str(tmp_path / "int8"), images, images[:4], min_cosine=1.01)
+    assert not os.path.exists(tmp_path / "int8-symbol.json")
+
+
+def test_cli_writes_report(source, tmp_path, capsys):
+    _, spec, _ = source
+    assert export.main(["--model", spec, "--output", str(tmp_path), "--formats", "onnx"]) == 0
+    report = json.load(open(tmp_path / "export.json"))
+    assert report["exports"]["onnx"]["max_abs_diff"] <= 1e-4
+    assert "onnx" in capsys.readouterr().out
