@@ -33,9 +33,9 @@ OPTIONS = {
     "mirror": ("data", True, "random horizontal flip (SPEC §4)"),
     "color_jitter": ("data", 0.0, "brightness/contrast/saturation jitter strength (0 = off)"),
     # model
-    "network": ("model", "seesaw_shuffle", "backbone name (see --help's list)"),
+    "network": ("model", "seesaw_shuffle", "backbone name"),
     "emb_size": ("model", 512, "embedding size"),
-    "act": ("model", None, "mobilefacenet activation: prelu or swish (default: the network's own)"),
+    "act": ("model", None, "mobilefacenet activation (default: the network's own)"),
     "hybridize": ("model", "plain", "backbone graph mode: none, plain (cached graph), alloc (static_alloc), static "
                                     "(static_alloc+static_shape); see recipes/train.py:hybridize_backbone"),
     # loss
@@ -113,10 +113,11 @@ def build_parser(network_names=()):
         prog="python recipes/train.py",
         description="Train a SeesawFaceNets embedding network with a margin softmax head (SPEC §3-4). "
                     "With no --data-dir a synthetic dataset is generated once and a short CPU schedule runs.",
-        epilog="Settings resolve as: built-in defaults < recipes/configs/<network>.yaml < "
+        epilog="The defaults shown are the built-in layer. Settings resolve as: built-in defaults < "
+               "recipes/configs/<network>.yaml (the paper's per-network batch size and warm-up) < "
                "recipes/configs/synthetic.yaml (no --data-dir) < --config FILE < command line. "
                "The resolved settings are written to OUTPUT_DIR/config.yaml.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
+        argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="yaml file of settings (flat keys or nested by group)")
     parser.add_argument("--resume", nargs="?", const="auto",
                         help="continue from a checkpoint: a state file, an output folder, or nothing "
@@ -125,7 +126,7 @@ def build_parser(network_names=()):
     for key, (group, default, text) in OPTIONS.items():
         flag = "--" + key.replace("_", "-")
         kind = _type_of(key)
-        kwargs = {"help": f"{text} (default: {default})", "dest": key}
+        kwargs = {"help": text if "default" in text else f"{text} (default: {default})", "dest": key}
         if key == "network" and network_names:
             kwargs["choices"] = list(network_names)
         elif key in _CHOICES:
@@ -133,7 +134,8 @@ def build_parser(network_names=()):
         if kind is bool:
             groups[group].add_argument(flag, type=_parse_bool, metavar="BOOL", **kwargs)
         else:
-            groups[group].add_argument(flag, type=kind, metavar=key.upper() if kind is str else None, **kwargs)
+            metavar = None if "choices" in kwargs else (key.upper() if kind is str else None)
+            groups[group].add_argument(flag, type=kind, metavar=metavar, **kwargs)
     return parser
 
 

@@ -448,9 +448,12 @@ def run(cli, extra_callbacks=()):
     manager = ckpt.CheckpointManager(output_dir, cfg["prefix"])
     start_epoch = 0
     if resume_path:
+        fresh = trainer.optimizer
         meta = ckpt.load_state(resume_path, backbone, head, trainer)
         start_epoch, state.step = int(meta["epoch"]), int(meta["step"])
-        trainer.optimizer.lr_scheduler = trainer.optimizer.lr_scheduler  # restored with the optimizer state
+        # the pickled optimizer brings back its update counts; schedule and decay follow this run's settings
+        trainer.optimizer.lr_scheduler = fresh.lr_scheduler
+        trainer.optimizer.wd = fresh.wd
         if trainer.optimizer.num_update != state.step:
             trainer.optimizer.num_update = state.step
             trainer.optimizer.begin_num_update = state.step
