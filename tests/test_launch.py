@@ -211,3 +211,31 @@ def test_terminated_launcher_leaves_no_process(tmp_path, worker_script):
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert wait_for_no_processes(launch_id) == []
+
+
+def test_ssh_mode_runs_the_job_through_ssh(tmp_path, worker_script):
+    """ssh mode end to end with a stand-in ``ssh`` that runs the remote command here (no real ssh)."""
+    import mxnet as mx
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_ssh = bindir / "ssh"
+    fake_ssh.write_text('#!/bin/bash\n# skip options, then the host; the last argument is the remote command\n'
+                        'echo "$@" >> "$SSH_LOG"\nexec bash -c "${@: -1}"\n')
+    fake_ssh.chmod(0o755)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1\n")
+    launch_id = uuid.uuid4().hex
+    env = dict(os.environ, STEPS="2", PAUSE="0", OUT=str(tmp_path), OMP_NUM_THREADS="1",
+               PATH=f"{bindir}:{os.environ['PATH']}", SSH_LOG=str(tmp_path / "ssh.log"))
+    result = subprocess.run([sys.executable, LAUNCH, "-n", "2", "-s", "1", "--launcher", "ssh", "-H", str(hosts),
+                             "--port", str(launch.free_port()), "--interface", "lo", "--workdir", str(tmp_path),
+                             "--timeout", "60", "--env", f"{launch.LAUNCH_ID_ENV}={launch_id}", "--",
+                             sys.executable, worker_script.name],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = (tmp_path / "ssh.log").read_text().splitlines()
+    assert len(calls) == 4 and all(c.startswith("-tt ") and " 127.0.0.1 cd " in c for c in calls)
+    first, second = (mx.nd.load(str(tmp_path / f"rank{r}.params")) for r in (0, 1))
+    assert (first["weight"] - second["weight"]).abs().max().asscalar() == 0.0
+    assert wait_for_no_processes(launch_id) == []
