@@ -11,7 +11,8 @@ The worker command is the single-machine training command with ``--kvstore dist_
 ``dist_device_sync`` (GPU). Scheduler and servers run ``python -c "import mxnet"``: with ``DMLC_ROLE`` set to
 ``scheduler`` or ``server``, importing MXNet starts that node and blocks until the job ends.
 
-Supervision: every process starts in its own session (process group). When any process fails, when a
+Supervision: every process starts in its own session (process group) and is killed by the kernel if the
+launcher itself dies, even by SIGKILL (PR_SET_PDEATHSIG, Linux). When any process fails, when a
 scheduler or server dies before the workers are done, on ``--timeout``, or when the launcher receives
 SIGINT/SIGTERM/SIGHUP, every process group is sent SIGTERM and then SIGKILL, so nothing is left behind. When
 all workers succeed, scheduler and servers get ``--shutdown-grace`` seconds to exit on their own, then they
@@ -186,6 +187,15 @@ def ssh_argv(node, workdir, ssh_options=()):
     return argv + [node.host, remote]
 
 
+def _die_with_parent():
+    """In the child before exec (Linux): SIGKILL this process when the launcher dies, even by SIGKILL."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Supervisor:
     """Start the nodes as separate sessions, relay their output with a label, and stop them all together."""
 
@@ -209,7 +219,7 @@ class Supervisor:
             argv, env = node.argv, dict(os.environ, **node.env)
         return subprocess.Popen(argv, env=env, cwd=self.workdir if self.launcher == "local" else None,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
 
     def _relay(self, node, proc):
         prefix = f"[{node.label}] "
@@ -221,7 +231,8 @@ class Supervisor:
         proc.stdout.close()
 
     def start(self):
-        """Start scheduler, servers, then workers; output relays begin once every process exists."""
+        """Start scheduler, servers, then workers; output relays begin once every process exists (no thread
+        runs while ``preexec_fn`` forks)."""
         for node in self.nodes:
             self.procs.append((node, self._popen(node)))
         for node, proc in self.procs:
