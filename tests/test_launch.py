@@ -198,18 +198,20 @@ def test_killed_worker_stops_the_whole_job(tmp_path, worker_script):
     assert wait_for_no_processes(launch_id) == []
 
 
-def test_terminated_launcher_leaves_no_process(tmp_path, worker_script):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_terminated_launcher_leaves_no_process(tmp_path, worker_script, sig):
+    """SIGTERM: the launcher stops every group itself; SIGKILL: the kernel kills its children (PDEATHSIG)."""
     launch_id = uuid.uuid4().hex
     proc = start_launcher(tmp_path, worker_script, launch_id, steps=400, pause=0.05)
     try:
         wait_until_training(proc, launch_id)
         assert len(job_processes(launch_id)) >= 4
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         output, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert proc.returncode == (128 + sig if sig == signal.SIGTERM else -sig), output
     assert wait_for_no_processes(launch_id) == []
 
 
