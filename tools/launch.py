@@ -364,7 +364,7 @@ def main(argv=None):
         hosts = None
         port = args.port or free_port()
         interface = args.interface or "lo"
-    if not any(word.startswith("dist") for word in command):
+    if not any(kind in word for word in command for kind in ("dist_sync", "dist_device_sync", "dist_async")):
         print("[launch] warning: the worker command has no dist_* kvstore argument; workers will not "
               "exchange gradients", file=sys.stderr)
     nodes = plan_nodes(command, args.num_workers, num_servers, hosts=hosts, port=port,
