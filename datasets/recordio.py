@@ -80,6 +80,7 @@ class RecordReader:
             raise DataError(f"{self.rec_path}: truncated or wrong index: {bad.size} offsets in {self.idx_path} "
                             f"point past the end of the file ({self.file_size} bytes), e.g. {int(bad[0])}")
         self.keys = keys
+        self.offsets = offsets
         self._offset = dict(zip(keys.tolist(), offsets.tolist()))
         self._fd = None
         self._pid = None

@@ -68,7 +68,7 @@ class FaceRecordDataset(gluon.data.Dataset):
     # ---------------------------------------------------------------- structure
     def _check_tail(self):
         """Detect a truncated file at open time: the record with the highest offset must be complete."""
-        last = int(self.reader.keys[np.argmax([self.reader._offset[k] for k in self.reader.keys.tolist()])])
+        last = int(self.reader.keys[np.argmax(self.reader.offsets)])
         self.reader.read(last)
 
     def _init_ms1mv2(self, header_label):
@@ -136,6 +136,15 @@ class FaceRecordDataset(gluon.data.Dataset):
         if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
             warnings.warn(f"{path}: images are {height}x{width}; they will be resized to "
                           f"{IMAGE_SIZE}x{IMAGE_SIZE}", stacklevel=3)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_skipped"] = self._skipped.value  # shared counter only survives fork; pickles carry the count
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._skipped = multiprocessing.Value("q", int(state["_skipped"]))
 
     # ---------------------------------------------------------------- access
     def __len__(self):

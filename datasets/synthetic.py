@@ -27,31 +27,34 @@ from .verification_bin import IMAGE_SIZE, write_bin
 
 # trait name -> number of levels
 TRAITS = {
-    "face_width": 4, "face_height": 4, "eye_spacing": 4, "eye_size": 3, "eye_height": 3, "nose_length": 4,
-    "mouth_width": 4, "brow": 3, "skin": 5, "hair_colour": 6, "hair_style": 6, "iris": 4, "texture": 4,
+    "face_width": 3, "face_height": 3, "eye_spacing": 3, "eye_size": 3, "eye_height": 3, "nose_length": 3,
+    "mouth_width": 3, "brow": 3, "skin": 5, "hair_colour": 6, "hair_style": 6, "iris": 4, "texture": 4,
     "facial_hair": 3,
 }
 TRAIT_NAMES = list(TRAITS)
-MIN_TRAIT_DIFF = 3
+MIN_TRAIT_DIFF = 4
 
 SKIN = np.array([[236, 200, 170], [214, 170, 130], [188, 140, 100], [150, 100, 70], [105, 70, 50]], np.float32)
 HAIR = np.array([[25, 20, 20], [95, 60, 35], [215, 185, 110], [170, 70, 30], [170, 170, 170], [60, 80, 170]],
                 np.float32)
 IRIS = np.array([[70, 45, 25], [60, 120, 190], [60, 140, 70], [40, 40, 40]], np.float32)
 
-# per-set nuisance strengths; 'train' mixes all of them
+# per-set nuisance strengths. Lighting / colour cast / background are strong (they defeat raw pixel
+# statistics and untrained networks); geometry, blur, noise and occlusion are moderate so that a small
+# network can learn the traits in a few epochs.
 NUISANCE = {
-    "train": dict(rotate=15, scale=0.10, shift=6, yaw=0.25, light=0.45, blur=1.3, noise=10, occlude=0.3,
-                  drift=0.25, clutter=6),
-    "synth_lfw": dict(rotate=12, scale=0.08, shift=5, yaw=0.15, light=0.40, blur=1.0, noise=8, occlude=0.2,
-                      drift=0.2, clutter=6),
-    "synth_cfp_fp": dict(rotate=12, scale=0.08, shift=5, yaw=0.35, light=0.40, blur=1.0, noise=8, occlude=0.2,
-                         drift=0.2, clutter=6),
-    "synth_agedb_30": dict(rotate=12, scale=0.08, shift=5, yaw=0.15, light=0.50, blur=1.3, noise=10, occlude=0.3,
-                           drift=0.3, clutter=6, age=1.0),
+    "train": dict(rotate=12, scale=0.07, shift=4, yaw=0.18, light=0.45, blur=0.9, noise=7, occlude=0.1,
+                  drift=0.12, clutter=6, age=0.5),
+    "synth_lfw": dict(rotate=10, scale=0.06, shift=4, yaw=0.12, light=0.40, blur=0.8, noise=6, occlude=0.1,
+                      drift=0.1, clutter=6),
+    "synth_cfp_fp": dict(rotate=10, scale=0.06, shift=4, yaw=0.25, light=0.40, blur=0.8, noise=6, occlude=0.1,
+                         drift=0.1, clutter=6),
+    "synth_agedb_30": dict(rotate=10, scale=0.06, shift=4, yaw=0.12, light=0.45, blur=0.9, noise=7, occlude=0.15,
+                           drift=0.15, clutter=6, age=1.0),
 }
 EVAL_SETS = ("synth_lfw", "synth_cfp_fp", "synth_agedb_30")
 DEFAULTS = dict(num_identities=400, images_per_identity=14, pairs_per_set=600, eval_identities=120)
+GENERATOR_VERSION = 3  # bump when the rendering changes, so cached datasets are regenerated
 _SET_IDS = {"train": 0, "synth_lfw": 1, "synth_cfp_fp": 2, "synth_agedb_30": 3}
 
 _S = 224  # drawing resolution (2x), downsampled to 112
@@ -85,9 +88,9 @@ def _identity_params(code, identity_seed):
     rng = np.random.default_rng(identity_seed)
     lv = lambda name, lo, hi: lo + (hi - lo) * (t[name] + rng.uniform(-0.12, 0.12)) / max(TRAITS[name] - 1, 1)
     p = {
-        "fw": lv("face_width", 58, 82), "fh": lv("face_height", 76, 100),
-        "es": lv("eye_spacing", 22, 40), "er": lv("eye_size", 7, 13), "ey": lv("eye_height", 8, 24),
-        "nl": lv("nose_length", 14, 34), "mw": lv("mouth_width", 14, 34), "brow": lv("brow", 2, 7),
+        "fw": lv("face_width", 54, 86), "fh": lv("face_height", 72, 104),
+        "es": lv("eye_spacing", 20, 42), "er": lv("eye_size", 6, 14), "ey": lv("eye_height", 6, 26),
+        "nl": lv("nose_length", 12, 38), "mw": lv("mouth_width", 12, 38), "brow": lv("brow", 1, 8),
         "skin": SKIN[t["skin"]] + rng.uniform(-8, 8, 3), "hair": HAIR[t["hair_colour"]] + rng.uniform(-10, 10, 3),
         "iris": IRIS[t["iris"]], "style": t["hair_style"], "texture": t["texture"], "facial_hair": t["facial_hair"],
         "brow_tilt": rng.uniform(-4, 4),
@@ -97,7 +100,13 @@ def _identity_params(code, identity_seed):
 
 
 def _color(c):
-    return tuple(float(v) for v in np.clip(c, 0, 255)[::-1])  # RGB -> BGR for cv2
+    r, g, b = (min(max(float(v), 0.0), 255.0) for v in c)
+    return (b, g, r)  # RGB -> BGR for cv2
+
+
+def _ellipse(canvas, centre, axes, colour, angle=0.0):
+    cv2.ellipse(canvas, (int(centre[0]), int(centre[1])), (max(int(axes[0]), 1), max(int(axes[1]), 1)), angle, 0, 360,
+                colour, -1, cv2.LINE_AA)
 
 
 def _draw_face(p, rng, nz, yaw):
@@ -115,8 +124,7 @@ def _draw_face(p, rng, nz, yaw):
     img = np.zeros((_S, _S, 3), np.float32)
     mask = np.zeros((_S, _S), np.float32)
     style = p["style"]
-    ell = lambda canvas, c, ax, col, ang=0.0: cv2.ellipse(canvas, (int(c[0]), int(c[1])), (max(int(ax[0]), 1), max(int(ax[1]), 1)),
-                                                         ang, 0, 360, col, -1, cv2.LINE_AA)
+    ell = _ellipse
     hcol, scol = _color(hair), _color(skin)
     if style == 2:  # long hair behind the head
         pts = np.array([[cx - fw * 1.25, cy - fh * 0.3], [cx + fw * 1.25, cy - fh * 0.3],
@@ -242,14 +250,14 @@ def render_image(params, rng, nuisance):
         else:
             cv2.ellipse(img, (x, y), (w // 2, h // 2), float(rng.uniform(0, 180)), 0, 360, col, -1, cv2.LINE_AA)
     light = nz["light"]
-    gain = rng.uniform(1 - light, 1 + light) * rng.uniform(1 - light * 0.6, 1 + light * 0.6, 3)
+    gain = rng.uniform(1 - light, 1 + light) * rng.uniform(1 - light * 0.3, 1 + light * 0.3, 3)
     a = rng.uniform(0, 2 * np.pi)
     grad = 1 + rng.uniform(0, light * 1.5) * ((np.cos(a) * _XX[::2, ::2] + np.sin(a) * _YY[::2, ::2]) / _S)
     img = img * gain.astype(np.float32) * grad[..., None] + rng.uniform(-30, 30) * light
     sigma = rng.uniform(0, nz["blur"])
     if sigma > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img = img + rng.normal(0, rng.uniform(0, nz["noise"]), img.shape).astype(np.float32)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0, nz["noise"]))
     img = np.clip(img, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img[..., ::-1])  # BGR -> RGB
 
@@ -352,7 +360,8 @@ def generate_dataset(out_dir, num_identities=DEFAULTS["num_identities"],
         pair_items, issame = _pairs_plan(name, pool, pairs_per_set, seed)
         encoded = _render_all(pair_items, seed, quality, workers, name)
         write_bin(os.path.join(out_dir, name + ".bin"), encoded, issame)
-    summary = dict(seed=seed, num_identities=num_identities, images_per_identity=images_per_identity,
+    summary = dict(version=GENERATOR_VERSION, seed=seed, num_identities=num_identities,
+                   images_per_identity=images_per_identity,
                    num_images=len(items), pairs_per_set=pairs_per_set, eval_identities=eval_identities,
                    sets=list(sets), quality=quality, seconds=round(time.time() - start, 1))
     with open(os.path.join(out_dir, "synthetic.json"), "w") as f:
@@ -379,7 +388,7 @@ def ensure_default_dataset(root=".cache/synthetic", seed=0, **sizes):
     ``sizes`` override :data:`DEFAULTS`.
     """
     settings = dict(DEFAULTS, **sizes)
-    expected = dict(settings, seed=seed)
+    expected = dict(settings, seed=seed, version=GENERATOR_VERSION)
     if _complete(root, expected):
         return root
     if os.path.exists(root) and not os.path.isdir(root):
@@ -389,14 +398,15 @@ def ensure_default_dataset(root=".cache/synthetic", seed=0, **sizes):
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
     try:
         generate_dataset(tmp, seed=seed, **settings)
-        if os.path.isdir(root):
+        if os.path.isdir(root) and not _complete(root, expected):  # stale or partial: move it aside
             old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=parent)
             os.replace(root, os.path.join(old, "data"))
-            os.replace(tmp, root)
             shutil.rmtree(old, ignore_errors=True)
-        else:
+        try:
             os.replace(tmp, root)
-    except BaseException:
+        except OSError:
+            if not _complete(root, expected):  # another process finished first: use its copy
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

@@ -229,6 +229,12 @@ def test_train_loader_batches(tmp_path, num_workers):
         assert same or mirrored
         flipped += mirrored
     assert 0 < flipped < 16
+    loader, _ = build_train_loader(str(tmp_path / "train.rec"), 16, num_workers=0, shuffle=False, mirror=False,
+                                   color_jitter=0.4)
+    data, _ = next(iter(loader))
+    ref = normalize(images[:16])
+    d = data.asnumpy()
+    assert d.shape == ref.shape and not np.allclose(d, ref) and np.corrcoef(d.ravel(), ref.ravel())[0, 1] > 0.5
 
 
 def test_pack_rec_roundtrip_and_unpack(tmp_path):

@@ -32,9 +32,11 @@ def parse_pairs(path, root, lfw_ext=".jpg"):
             continue
         if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
             continue
-        lfw = lambda name, i: os.path.join(root, name, f"{name}_{int(i):04d}{lfw_ext}")
+        def lfw(name, i):
+            return os.path.join(root, name, f"{name}_{int(i):04d}{lfw_ext}")
         if len(parts) == 3 and parts[2] in ("0", "1", "True", "False", "true", "false") and not parts[1].isdigit():
-            pairs.append((os.path.join(root, parts[0]), os.path.join(root, parts[1]), parts[2] in ("1", "True", "true")))
+            same = parts[2] in ("1", "True", "true")
+            pairs.append((os.path.join(root, parts[0]), os.path.join(root, parts[1]), same))
         elif len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
             pairs.append((lfw(parts[0], parts[1]), lfw(parts[0], parts[2]), True))
         elif len(parts) == 4 and parts[1].isdigit() and parts[3].isdigit():
