@@ -191,3 +191,14 @@ def test_mismatches_are_caught_before_training(data_dir, tmp_path):
         train.run(_options(other, tmp_path / "bad"))
     with open(os.path.join(out, "checkpoints.json")) as f:
         assert json.load(f)["last"]["epoch"] == 1
+
+
+def test_command_line_reports_bad_input_without_traceback(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "recipes", "train.py"), "--data-dir",
+                           str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 2
+    assert "error: --data-dir" in proc.stderr and "Traceback" not in proc.stderr
