@@ -16,7 +16,8 @@ and achieved GFLOP/s (2 × MAdds × images/s). Each figure is also given as a ra
 (``mobilefacenet``) in the same mode. Modes are measured one after the other; within a mode the runners of
 every network are built first, then timed round-robin — one call of each per round — so drift of the
 machine's load affects every network alike (and memory holds one mode's graphs). The machine's matrix-multiply
-GFLOP/s (a large ``mx.nd.dot`` and ``numpy.dot``) is measured in the same run, before and after.
+GFLOP/s (the best of ``mx.nd.dot``, ``numpy.dot`` and ONNX Runtime's MatMul on 2048² matrices) is measured
+in the same run, before and after; the best is the denominator of the "% matmul" column.
 Prints a table, writes JSON (``--json``).
 """
 import argparse
@@ -31,11 +32,14 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if __name__ == "__main__" and "--threads" in sys.argv[:-1]:  # OpenMP reads this when MXNet loads
+    os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 import symbols  # noqa: E402
-from symbols.deploy import build_deploy_graph  # noqa: E402
+from symbols.deploy import LAYOUTS, build_deploy_graph  # noqa: E402
 
 MODES = ("imperative", "hybrid", "fused", "deploy", "int8", "onnxruntime")
 DEFAULT_NETWORKS = "mobilefacenet,seesaw_shuffle,seesaw_share"
@@ -73,18 +77,33 @@ class PeakMemory:
         self.peak_growth = self.peak - self.start
 
 
-def matmul_gflops(size=2048, repeats=5):
-    """Measured single-precision matrix-multiply GFLOP/s: ``{'mxnet_dot': ..., 'numpy_dot': ...}`` (best of
-    ``repeats`` products of two ``size``×``size`` matrices)."""
+def matmul_gflops(size=2048, repeats=5, threads=None):
+    """Measured single-precision matrix-multiply GFLOP/s of this machine, best of ``repeats`` products of two
+    ``size``×``size`` matrices, by three libraries: ``mx.nd.dot`` (MXNet's BLAS), ``numpy.dot`` and ONNX
+    Runtime's MatMul (MLAS, the best-tuned GEMM here). ``best`` is the largest."""
+    from onnx import TensorProto, helper
+
+    from tools import export
+
     flops = 2.0 * size ** 3
     a = mx.nd.random.uniform(shape=(size, size))
     b = mx.nd.random.uniform(shape=(size, size))
     mx.nd.dot(a, b).wait_to_read()
-    best = min(_timed(lambda: mx.nd.dot(a, b).wait_to_read()) for _ in range(repeats))
+    result = {"mxnet_dot": flops / min(_timed(lambda: mx.nd.dot(a, b).wait_to_read()) for _ in range(repeats)) / 1e9}
     an, bn = a.asnumpy(), b.asnumpy()
     np.dot(an, bn)
-    best_np = min(_timed(lambda: np.dot(an, bn)) for _ in range(repeats))
-    return {"mxnet_dot": flops / best / 1e9, "numpy_dot": flops / best_np / 1e9}
+    result["numpy_dot"] = flops / min(_timed(lambda: np.dot(an, bn)) for _ in range(repeats)) / 1e9
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    session = export.onnx_session(model, threads=threads)
+    session.run(None, {"a": an, "b": bn})
+    result["onnxruntime_matmul"] = flops / min(_timed(lambda: session.run(None, {"a": an, "b": bn}))
+                                               for _ in range(repeats)) / 1e9
+    result["best"] = max(result.values())
+    return result
 
 
 def _timed(fn):
@@ -127,39 +146,78 @@ def build_network(name, model_dir=None):
     return net
 
 
-def make_runner(net, mode, batch_sizes, calib=None):
-    """``{batch: callable}`` running ``net`` in ``mode``; each callable runs one forward and waits for it.
-    Returns ``(runners, madds)`` where ``madds`` is the per-image MAdds the mode executes (None: as source)."""
+def layout_for(net, batch_size, layout="auto"):
+    """Folded-graph layout for a batch size: ``auto`` takes the variant's latency layout at batch 1 and the
+    exact-MAdds ``cells`` layout for larger batches (measured fastest on 2 cores; all layouts are exact)."""
     from tools import export
 
-    inputs = {b: np.random.RandomState(b).normal(0, 0.6, (b, 3, 112, 112)).astype(np.float32) for b in batch_sizes}
-    nd_inputs = {b: mx.nd.array(x) for b, x in inputs.items()}
-    madds = None
+    if layout != "auto":
+        return layout
+    return export.default_layout(net) if batch_size == 1 else "cells"
+
+
+def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None):
+    """A callable running ``net`` in ``mode`` on one batch of ``batch_size`` and waiting for the result.
+
+    Returns ``(runner, madds, layout)``: ``madds`` is the per-image MAdds the mode executes (None: as the
+    source network), ``layout`` the folded-graph layout used (None for the other modes)."""
+    from tools import export
+
+    x = np.random.RandomState(batch_size).normal(0, 0.6, (batch_size, 3, 112, 112)).astype(np.float32)
     if mode == "imperative":
-        block = net
-    elif mode in ("hybrid", "fused"):
+        return _mx_call(net, mx.nd.array(x)), None, None
+    if mode in ("hybrid", "fused"):
         sym, args, aux = export.traced_symbol(net)
-        blocks = {b: export.symbol_block(sym, args, aux, backend="MKLDNN" if mode == "fused" else None)
-                  for b in batch_sizes}
-        return {b: _mx_call(blocks[b], nd_inputs[b]) for b in batch_sizes}, madds
-    elif mode == "deploy":
-        graph = build_deploy_graph(net, export.default_layout(net))
-        madds = graph.madds()
-        sym, args, aux = graph.to_symbol()
-        blocks = {b: export.symbol_block(sym, args, aux) for b in batch_sizes}
-        return {b: _mx_call(blocks[b], nd_inputs[b]) for b in batch_sizes}, madds
-    elif mode == "int8":
+        block = export.symbol_block(sym, args, aux, backend="MKLDNN" if mode == "fused" else None)
+        return _mx_call(block, mx.nd.array(x)), None, None
+    if mode == "int8":
         qsym, qargs, qaux = _quiet(lambda: export.quantize_int8(net, calib))
-        blocks = {b: export.int8_block(qsym, qargs, qaux) for b in batch_sizes}
-        return {b: _mx_call(blocks[b], nd_inputs[b]) for b in batch_sizes}, madds
-    elif mode == "onnxruntime":
-        graph = build_deploy_graph(net, export.default_layout(net))
-        madds = graph.madds()
-        session = export.onnx_session(graph.to_onnx())
-        return {b: (lambda s=session, x=inputs[b]: s.run(None, {"data": x})) for b in batch_sizes}, madds
+        return _mx_call(export.int8_block(qsym, qargs, qaux), mx.nd.array(x)), None, None
+    if mode in ("deploy", "onnxruntime"):
+        layout = layout_for(net, batch_size, layout)
+        graph = build_deploy_graph(net, layout)
+        if mode == "deploy":
+            sym, args, aux = graph.to_symbol()
+            return _mx_call(export.symbol_block(sym, args, aux), mx.nd.array(x)), graph.madds(), layout
+        session = export.onnx_session(graph.to_onnx(), threads=threads)
+        return (lambda: session.run(None, {"data": x})), graph.madds(), layout
+    raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+def memory_of(name, mode, batch_size, layout="auto", model_dir=None):
+    """Peak resident-memory growth (MB) of building and running one runner, measured in a fresh process
+    (MXNet pools freed memory, so in-process figures after the first runner would read as zero)."""
+    import subprocess
+
+    command = [sys.executable, os.path.abspath(__file__), "--_memory", f"{name}|{mode}|{batch_size}|{layout}|"
+               f"{model_dir or ''}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("memory_mb ")]
+    if done.returncode != 0 or not lines:
+        return float("nan")
+    return float(lines[-1].split()[1])
+
+
+def _memory_child(spec):
+    name, mode, batch_size, layout, model_dir = spec.split("|")
+    net = build_network(name, model_dir or None)
+    calib = np.random.RandomState(0).normal(0, 0.6, (32, 3, 112, 112)).astype(np.float32)
+    if mode == "int8":  # calibration itself is not part of running the model
+        from tools import export
+
+        quantized = _quiet(lambda: export.quantize_int8(net, calib))
+        with PeakMemory() as mem:
+            block = export.int8_block(*quantized)
+            x = mx.nd.zeros((int(batch_size), 3, 112, 112))
+            for _ in range(2):
+                block(x).wait_to_read()
     else:
-        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    return {b: _mx_call(block, nd_inputs[b]) for b in batch_sizes}, madds
+        with PeakMemory() as mem:
+            runner, _, _ = make_runner(net, mode, int(batch_size), calib, layout)
+            for _ in range(2):
+                runner()
+    print(f"memory_mb {mem.peak_growth / 2 ** 20:.1f}")
+    return 0
 
 
 def _mx_call(block, x):
@@ -183,15 +241,17 @@ def _quiet(fn):
 
 
 # ---------------------------------------------------------------------------------------------- benchmark
-def run_benchmark(networks, modes, runs1=100, runs32=8, batch=32, warmup=3, model_dirs=None, progress=True):
+def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, model_dirs=None, layout="auto",
+                  threads=None, memory=True, progress=True):
     """Build every (network, mode) runner, time them interleaved, return the result dict (see module doc)."""
     from tools.flops import count_symbol
 
     model_dirs = model_dirs or {}
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     info = machine_info()
-    matmul_before = matmul_gflops()
-    say(f"matrix multiply: mx.nd.dot {matmul_before['mxnet_dot']:.1f} GFLOP/s, numpy {matmul_before['numpy_dot']:.1f}")
+    info["threads"] = threads or os.cpu_count()
+    matmul_before = matmul_gflops(threads=threads)
+    say("matrix multiply GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in matmul_before.items()))
     calib = np.random.RandomState(0).normal(0, 0.6, (32, 3, 112, 112)).astype(np.float32)
     nets, counts = {}, {}
     for name in networks:
@@ -203,23 +263,20 @@ def run_benchmark(networks, modes, runs1=100, runs32=8, batch=32, warmup=3, mode
         # memory holds one mode's graphs (MXNet keeps every batch-32 activation of a static graph).
         group = []
         for name in networks:
+            entry = {"network": name, "mode": mode, "params": counts[name]["params"],
+                     "madds_source": counts[name]["madds"], "runners": {}, "layouts": {}, "t1": [], "tb": []}
             for batch_size in (1, batch):
                 start = time.time()
-                with PeakMemory() as mem:
-                    runners, madds = make_runner(nets[name], mode, (batch_size,), calib)
-                    for _ in range(warmup):
-                        runners[batch_size]()
-                entry = next((e for e in group if e["network"] == name), None)
-                if entry is None:
-                    entry = {"network": name, "mode": mode, "params": counts[name]["params"],
-                             "madds_source": counts[name]["madds"], "madds": madds or counts[name]["madds"],
-                             "memory_mb": 0.0, "runners": {}, "t1": [], "tb": []}
-                    group.append(entry)
-                entry["runners"][batch_size] = runners[batch_size]
-                if batch_size == batch:
-                    entry["memory_mb"] = mem.peak_growth / 2 ** 20
-                say(f"built {name:16s} {mode:12s} batch {batch_size:3d} in {time.time() - start:5.1f}s, "
-                    f"memory +{mem.peak_growth / 2 ** 20:.0f} MB")
+                runner, madds, used_layout = make_runner(nets[name], mode, batch_size, calib, layout, threads)
+                for _ in range(warmup):
+                    runner()
+                entry["runners"][batch_size] = runner
+                entry["madds" if batch_size == 1 else "madds_batch"] = madds or counts[name]["madds"]
+                if used_layout:
+                    entry["layouts"][batch_size] = used_layout
+                say(f"built {name:20s} {mode:12s} batch {batch_size:3d} in {time.time() - start:5.1f}s"
+                    + (f" (layout {used_layout})" if used_layout else ""))
+            group.append(entry)
         for _ in range(runs1):
             for e in group:
                 e["t1"].append(_timed(e["runners"][1]))
@@ -228,23 +285,26 @@ def run_benchmark(networks, modes, runs1=100, runs32=8, batch=32, warmup=3, mode
                 e["tb"].append(_timed(e["runners"][batch]))
         for e in group:
             del e["runners"]
-            say(f"  {e['network']:16s} {mode:12s} batch 1 {1e3 * np.median(e['t1']):7.2f} ms, "
+            say(f"  {e['network']:20s} {mode:12s} batch 1 {1e3 * np.median(e['t1']):7.2f} ms, "
                 f"batch {batch} {batch / np.median(e['tb']):7.1f} img/s")
         entries.extend(group)
         gc.collect()
-    matmul_after = matmul_gflops()
+    matmul_after = matmul_gflops(threads=threads)
+    if memory:
+        say(f"memory: one fresh process per network and mode at batch {batch}")
     rows = []
     for e in entries:
         latency = float(np.median(e["t1"]))
         throughput = batch / float(np.median(e["tb"]))
+        mem = memory_of(e["network"], e["mode"], batch, layout, model_dirs.get(e["network"])) if memory else float("nan")
         rows.append({"network": e["network"], "mode": e["mode"], "params": e["params"], "madds": e["madds"],
-                     "madds_source": e["madds_source"], "latency_ms": 1e3 * latency,
+                     "madds_batch": e["madds_batch"], "madds_source": e["madds_source"], "layouts": e["layouts"],
+                     "latency_ms": 1e3 * latency,
                      "latency_p10_ms": 1e3 * float(np.percentile(e["t1"], 10)),
                      "latency_p90_ms": 1e3 * float(np.percentile(e["t1"], 90)),
-                     "throughput": throughput, "memory_mb": e["memory_mb"],
-                     "gflops_b1": 2 * e["madds"] / latency / 1e9, "gflops": 2 * e["madds"] * throughput / 1e9})
-    matmul = max(matmul_before["mxnet_dot"], matmul_after["mxnet_dot"], matmul_before["numpy_dot"],
-                 matmul_after["numpy_dot"])
+                     "throughput": throughput, "memory_mb": mem,
+                     "gflops_b1": 2 * e["madds"] / latency / 1e9, "gflops": 2 * e["madds_batch"] * throughput / 1e9})
+    matmul = max(matmul_before["best"], matmul_after["best"])
     base = {r["mode"]: r for r in rows if r["network"] == BASELINE}
     for r in rows:
         r["matmul_fraction"] = r["gflops"] / matmul
@@ -261,21 +321,28 @@ def run_benchmark(networks, modes, runs1=100, runs32=8, batch=32, warmup=3, mode
 def format_table(result):
     """Markdown table of a :func:`run_benchmark` result."""
     batch = result["batch"]
-    lines = [f"| network | mode | params | MAdds | b1 latency ms (×mfn) | b{batch} img/s (×mfn) | GFLOP/s b{batch} "
-             f"(% matmul) | memory MB |",
+    lines = [f"| network | mode | params | MAdds run | b1 latency ms (×mfn) | b{batch} img/s (×mfn) | GFLOP/s b{batch} "
+             f"(% matmul) | memory MB b{batch} |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ratio = r.get("ratio", {})
         lat = f"{r['latency_ms']:.2f}" + (f" ({ratio['latency']:.2f})" if ratio else "")
         thr = f"{r['throughput']:.0f}" + (f" ({ratio['throughput']:.2f})" if ratio else "")
-        lines.append(f"| {r['network']} | {r['mode']} | {r['params'] / 1e6:.2f}M | {r['madds'] / 1e6:.0f}M | {lat} | "
+        lines.append(f"| {r['network']} | {r['mode']} | {r['params'] / 1e6:.2f}M | {_madds(r)} | {lat} | "
                      f"{thr} | {r['gflops']:.1f} ({100 * r['matmul_fraction']:.0f}%) | {r['memory_mb']:.0f} |")
     m = result["machine"]
     lines.append("")
     lines.append(f"{m['cpu']}, {m['cores']} cores; matrix multiply {result['matmul_gflops']['best']:.1f} GFLOP/s; "
-                 f"load average {m['load_average'][0]:.2f} → {m['load_average_end'][0]:.2f}; "
+                 f"{m['threads']} threads; load average {m['load_average'][0]:.2f} → {m['load_average_end'][0]:.2f}; "
                  f"MXNet {m['mxnet']}, ONNX Runtime {m['onnxruntime']}")
     return "\n".join(lines)
+
+
+def _madds(row):
+    text = f"{row['madds'] / 1e6:.0f}M"
+    if row["madds_batch"] != row["madds"]:
+        text += f" / {row['madds_batch'] / 1e6:.0f}M"
+    return text
 
 
 def build_parser():
@@ -286,16 +353,26 @@ def build_parser():
                              f"each ratio is {BASELINE}, which is added if missing")
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per runner")
-    parser.add_argument("--runs-batch", type=int, default=8, help="timed batch calls per runner")
+    parser.add_argument("--runs-batch", type=int, default=5, help="timed batch calls per runner")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
     parser.add_argument("--model-dir", action="append", default=[],
                         help="NAME=PREFIX,EPOCH (or a model directory): use a checkpoint's weights for NAME")
+    parser.add_argument("--layout", default="auto", help="folded-graph layout for deploy/onnxruntime: auto "
+                        "(per batch size) or one of " + ", ".join(LAYOUTS))
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for MXNet (OMP) and ONNX Runtime "
+                        "(default: all cores)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-runner memory measurement")
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--_memory", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args._memory:
+        return _memory_child(args._memory)
+    if args.layout != "auto" and args.layout not in LAYOUTS:
+        raise ValueError(f"--layout {args.layout!r}: valid layouts are auto, {', '.join(LAYOUTS)}")
     networks = [n.strip() for n in args.networks.split(",") if n.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -314,7 +391,8 @@ def main(argv=None):
             raise ValueError(f"--model-dir {item!r}: expected NAME=PREFIX,EPOCH or NAME=DIRECTORY")
         key, value = item.split("=", 1)
         model_dirs[key] = value
-    result = run_benchmark(networks, modes, args.runs, args.runs_batch, args.batch, model_dirs=model_dirs)
+    result = run_benchmark(networks, modes, args.runs, args.runs_batch, args.batch, model_dirs=model_dirs,
+                           layout=args.layout, threads=args.threads or None, memory=not args.no_memory)
     print(format_table(result))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

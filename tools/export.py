@@ -45,7 +45,7 @@ INT8_MIN_COSINE = 0.99
 INT8_MAX_ACCURACY_DROP = 0.5  # points
 PROBE_IMAGES = 16
 # The layout of the folded graph that is fastest at batch 1 depends on the variant (measured on 2 cores).
-DEFAULT_LAYOUT = {"shuffle": "slice", "share": "cells", None: "cells"}
+DEFAULT_LAYOUT = {"shuffle": "slice", "share": "slice", None: "cells"}
 
 
 class ExportMismatch(ValueError):
