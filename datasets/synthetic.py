@@ -54,7 +54,7 @@ NUISANCE = {
 }
 EVAL_SETS = ("synth_lfw", "synth_cfp_fp", "synth_agedb_30")
 DEFAULTS = dict(num_identities=400, images_per_identity=14, pairs_per_set=600, eval_identities=120)
-GENERATOR_VERSION = 4  # bump when the rendering changes, so cached datasets are regenerated
+GENERATOR_VERSION = 5  # bump when the rendering changes, so cached datasets are regenerated
 _SET_IDS = {"train": 0, "synth_lfw": 1, "synth_cfp_fp": 2, "synth_agedb_30": 3}
 
 _S = 224  # drawing resolution (2x), downsampled to 112
@@ -118,7 +118,7 @@ def _draw_face(p, rng, nz, yaw):
     nl, mw = jit(p["nl"], 0.12), jit(p["mw"], 0.12)
     age = nz.get("age", 0.0) * rng.uniform(0, 1)
     skin = p["skin"] * (1 + rng.uniform(-0.06, 0.06) * d * 4)
-    hair = p["hair"] * (1 - 0.2 * age) + 170 * 0.2 * age
+    hair = p["hair"] * (1 - 0.3 * age) + 170 * 0.3 * age
     cx, cy = _S / 2.0, _S / 2.0 + 6
     fx = cx + yaw * fw * 0.35  # features slide towards the turned side
     img = np.zeros((_S, _S, 3), np.float32)
@@ -250,7 +250,7 @@ def render_image(params, rng, nuisance):
         else:
             cv2.ellipse(img, (x, y), (w // 2, h // 2), float(rng.uniform(0, 180)), 0, 360, col, -1, cv2.LINE_AA)
     light = nz["light"]
-    gain = rng.uniform(1 - light, 1 + light) * rng.uniform(1 - light * 0.15, 1 + light * 0.15, 3)
+    gain = rng.uniform(1 - light, 1 + light) * rng.uniform(1 - light * 0.3, 1 + light * 0.3, 3)
     a = rng.uniform(0, 2 * np.pi)
     grad = 1 + rng.uniform(0, light * 1.5) * ((np.cos(a) * _XX[::2, ::2] + np.sin(a) * _YY[::2, ::2]) / _S)
     img = img * gain.astype(np.float32) * grad[..., None] + rng.uniform(-30, 30) * light
