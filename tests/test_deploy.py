@@ -21,7 +21,7 @@ def _trained_like(name, seed=0, **kwargs):
     rng = np.random.RandomState(seed)
     net = symbols.get_model(name, **kwargs)
     symbols.init_model(net)
-    x = mx.nd.array(rng.normal(0, 0.6, (8, 3, 112, 112)))
+    x = mx.nd.array(rng.normal(0, 0.6, (6, 3, 112, 112)))
     net(x[:1])
     for pname, p in net.collect_params().items():
         if pname.endswith(("beta", "bias")):

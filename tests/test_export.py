@@ -62,15 +62,19 @@ def test_mismatch_is_refused_and_nothing_written(source, tmp_path):
     assert not os.path.exists(tmp_path / "model.onnx")
 
 
-def test_int8_quantizes_and_checks_cosine(tmp_path):
+def test_int8_quantizes_and_checks_cosine(tmp_path, monkeypatch):
     net = _trained_like("mobilefacenet", seed=2)
     rng = np.random.RandomState(0)
-    images = rng.normal(0, 0.6, (16, 3, 112, 112)).astype(np.float32)
-    qsym, qargs, qaux = export.quantize_int8(net, images)
-    ops = {n["op"] for n in json.loads(qsym.tojson())["nodes"]}
-    assert any("quantize" in op for op in ops)
+    images = rng.normal(0, 0.6, (12, 3, 112, 112)).astype(np.float32)
+    quantized = export.quantize_int8(net, images[:8])
+    ops = {n["op"] for n in json.loads(quantized[0].tojson())["nodes"]}
+    assert "_sg_mkldnn_conv" in ops and any("quantize" in op for op in ops)
+    block = export.int8_block(*quantized)
+    stats = export.compare_embeddings(net(mx.nd.array(images[8:])).asnumpy(), export.run_block(block, images[8:]))
+    assert 0.5 < stats["min_cosine"] < 1.0  # really quantized, and still the same function
+    monkeypatch.setattr(export, "quantize_int8", lambda *args, **kwargs: quantized)
     with pytest.raises(export.ExportMismatch, match="cosine"):
-        export.export_int8(net, str(tmp_path / "int8"), images, images[:4], min_cosine=1.01)
+        export.export_int8(net, str(tmp_path / "int8"), images[:8], images[8:], min_cosine=1.01)
     assert not os.path.exists(tmp_path / "int8-symbol.json")
 
 

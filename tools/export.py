@@ -381,10 +381,17 @@ def main(argv=None):
         raise ValueError("--formats int8 needs --calib-data (a .rec of training records or a .bin set)")
     net, info = load_source(args.model, args.network, args.act)
     print(f"source: {info['network']} {info['kwargs'] or ''} emb {info['emb_size']} from {info['params_file']}")
-    calib = load_images(args.calib_data, args.calib_images) if args.calib_data else None
-    probe = probe_batch(images=calib)
-    report = {"source": {k: v for k, v in info.items()}, "probe_images": len(probe),
-              "probe": "calibration images" if calib is not None else "random normal inputs", "exports": {}}
+    calib = probe = None
+    if args.calib_data:
+        # The probe images that every export is checked on are kept out of the INT8 calibration.
+        images = load_images(args.calib_data, args.calib_images + PROBE_IMAGES)
+        if len(images) < 2 * PROBE_IMAGES:
+            raise ValueError(f"{args.calib_data}: only {len(images)} images; need at least {2 * PROBE_IMAGES}")
+        calib, probe = images[:-PROBE_IMAGES], images[-PROBE_IMAGES:]
+    probe = probe_batch(images=probe)
+    report = {"source": dict(info), "probe_images": len(probe),
+              "probe": f"images of {args.calib_data} not used for calibration" if calib is not None
+              else "random normal inputs", "exports": {}}
     os.makedirs(args.output, exist_ok=True)
     out = args.output
     steps = {
