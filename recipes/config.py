@@ -45,6 +45,10 @@ OPTIONS = {
     "margin_m1": ("loss", 1.0, "combined head: multiplicative angular margin m1"),
     "margin_m2": ("loss", 0.5, "combined head: additive angular margin m2"),
     "margin_m3": ("loss", 0.0, "combined head: additive cosine margin m3"),
+    "fc7_parallel": ("loss", False, "shard fc7 over the devices (model parallel, Partial FC): fc7 memory per "
+                                    "device falls with the device count (recipes/partial_fc.py)"),
+    "sample_rate": ("loss", 1.0, "with --fc7-parallel: fraction of each shard's classes in each step's softmax "
+                                 "(the batch's classes always kept; 1.0 = exact softmax)"),
     "softmax_warmup_epochs": ("loss", 0.0, "epochs of normalised softmax (margin 0) before the margin phase"),
     "margin_warmup_epochs": ("loss", 0.0, "epochs over which the margin ramps linearly from 0 to full"),
     # optimiser
@@ -63,6 +67,8 @@ OPTIONS = {
     "gpus": ("devices", "", "GPU ids, e.g. 0,1 (data parallel); empty: CPU"),
     "cpu_devices": ("devices", 1, "CPU contexts to split each step over (testing data parallelism on CPU)"),
     "kvstore": ("devices", "local", "local, device, dist_sync or dist_device_sync"),
+    "horovod": ("devices", False, "data parallel over Horovod allreduce instead of a kvstore (start with horovodrun; "
+                                  "one device per process, GPU local_rank when there are GPUs)"),
     "amp": ("devices", False, "mixed precision (float16 on GPU; ignored with a warning on CPU)"),
     # evaluation
     "eval_sets": ("evaluation", None, "comma-separated .bin set names (default: every *.bin in --data-dir; none: no verification)"),
@@ -240,6 +246,15 @@ def validate(cfg):
         raise ValueError("warm-up epochs must be >= 0")
     if cfg["margin_s"] <= 0:
         raise ValueError(f"margin_s must be positive, got {cfg['margin_s']}")
+    if cfg["horovod"] and cfg["kvstore"] != "local":
+        raise ValueError("--horovod replaces the kvstore: drop --kvstore (or drop --horovod and start the job with "
+                         "tools/launch.py)")
+    if not 0.0 < cfg["sample_rate"] <= 1.0:
+        raise ValueError(f"sample_rate must be in (0, 1], got {cfg['sample_rate']}")
+    if cfg["sample_rate"] < 1.0 and not cfg["fc7_parallel"]:
+        raise ValueError("--sample-rate below 1 needs --fc7-parallel true (class sampling is done per fc7 shard)")
+    if cfg["fc7_parallel"] and (cfg["optimizer"] != "sgd" or cfg["amp"]):
+        raise ValueError("--fc7-parallel updates fc7 with SGD momentum in float32: use --optimizer sgd, no --amp")
     steps = lr_steps(cfg)
     if any(s <= 0 for s in steps):
         raise ValueError(f"lr_steps must be positive epochs, got {cfg['lr_steps']}")

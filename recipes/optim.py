@@ -69,12 +69,13 @@ def set_param_multipliers(backbone, head, cfg):
     return base_wd
 
 
-def build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=None):
+def build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=None, horovod=None):
     """Gluon Trainer over backbone + head parameters (SGD momentum by default), lr from
     :func:`build_lr_scheduler`. ``kvstore``: a KVStore object, a type name, or None (single device).
 
     ``update_on_kvstore=False``: every worker/device applies the same update to summed gradients, so the
     optimizer state lives in the Trainer and can be saved and reloaded on any number of devices.
+    ``horovod``: the ``horovod.mxnet`` module: a ``DistributedTrainer`` (allreduce-averaged gradients) instead.
     """
     base_wd = set_param_multipliers(backbone, head, cfg)
     scheduler = build_lr_scheduler(cfg, iters_per_epoch)
@@ -89,6 +90,8 @@ def build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=None):
         optimizer = mx.optimizer.create(cfg["optimizer"], **opt_args)
     except (ValueError, mx.base.MXNetError) as err:
         raise ValueError(f"optimizer {cfg['optimizer']!r}: {err}") from None
+    if horovod is not None:
+        return horovod.DistributedTrainer(params, optimizer)
     return mx.gluon.Trainer(params, optimizer, kvstore=kvstore, update_on_kvstore=False)
 
 

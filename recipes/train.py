@@ -31,7 +31,8 @@ import symbols  # noqa: E402
 from recipes import callbacks as cb  # noqa: E402
 from recipes import checkpoint as ckpt  # noqa: E402
 from recipes import config as config_mod  # noqa: E402
-from recipes.heads import build_head, margin_scale_at  # noqa: E402
+from recipes.heads import build_head, margin_scale_at, margins_of  # noqa: E402
+from recipes.partial_fc import ShardedHead  # noqa: E402
 from recipes.optim import build_trainer, current_lr  # noqa: E402
 
 LOGGER_NAME = "seesawface.train"
@@ -200,11 +201,15 @@ def train_step(state, data, label, loss_fn):
     data_parts = gluon.utils.split_and_load(data, contexts, even_split=True)
     label_parts = gluon.utils.split_and_load(label, contexts, even_split=True)
     losses, correct = [], []
+    sharded = getattr(state.head, "sharded", False)
     with autograd.record():
-        for x, y in zip(data_parts, label_parts):
-            logits = state.head(state.backbone(x), y)
-            losses.append(loss_fn(logits, y))
-            correct.append(mx.nd.sum(mx.nd.argmax(logits, axis=1) == y))
+        if sharded:  # fc7 split over the devices: one loss over every device's embeddings
+            losses.append(state.head.loss([state.backbone(x) for x in data_parts], label_parts))
+        else:
+            for x, y in zip(data_parts, label_parts):
+                logits = state.head(state.backbone(x), y)
+                losses.append(loss_fn(logits, y))
+                correct.append(mx.nd.sum(mx.nd.argmax(logits, axis=1) == y))
     if state.amp:
         from mxnet.contrib import amp
         with amp.scale_loss(losses, state.trainer) as scaled:
@@ -219,8 +224,15 @@ def train_step(state, data, label, loss_fn):
             f"loss became {loss_value} at epoch {state.epoch + 1}, step {state.step + 1} (lr {state.lr:g}); "
             "the parameters were not updated with it and the last checkpoint is intact. Try a lower --lr, "
             "a longer --warmup-epochs or --softmax-warmup-epochs, or a smaller --margin-s")
-    state.trainer.step(samples * state.num_workers)
-    accuracy = sum(float(c.asscalar()) for c in correct) / samples
+    hvd = getattr(state, "horovod", None)
+    # Horovod's DistributedTrainer already divides by the number of workers
+    state.trainer.step(samples * (1 if hvd is not None else state.num_workers))
+    if sharded:
+        allreduce = None if hvd is None else (lambda name, array: hvd.allreduce_(array, average=False, name=name))
+        state.head.step(state.lr, samples * state.num_workers, kvstore=state.trainer._kvstore, allreduce=allreduce)
+        accuracy = state.head.last_accuracy
+    else:
+        accuracy = sum(float(c.asscalar()) for c in correct) / samples
     return loss_value, accuracy, samples
 
 
@@ -334,6 +346,22 @@ def prepare_resume(cli):
     return path, meta
 
 
+HOROVOD_MISSING = ("--horovod needs Horovod built with MXNet support. Install it after MXNet, without build "
+                   "isolation: HOROVOD_WITH_MXNET=1 pip install --no-build-isolation horovod (GPU: add "
+                   "HOROVOD_GPU_OPERATIONS=NCCL). Or use the parameter-server path: tools/launch.py ... -- python "
+                   "recipes/train.py --kvstore dist_sync")
+
+
+def _horovod():
+    """``horovod.mxnet``, initialised; an actionable error when it is not installed."""
+    try:
+        import horovod.mxnet as hvd
+    except ImportError:
+        raise RuntimeError(HOROVOD_MISSING) from None
+    hvd.init()
+    return hvd
+
+
 def _kvstore(cfg, contexts):
     """(kvstore for the Trainer, rank, number of workers)."""
     kind = cfg["kvstore"]
@@ -384,8 +412,13 @@ def run(cli, extra_callbacks=()):
         cli = dict(cli, _global_batch=resume_meta["global_batch"])
     global_batch = cli.pop("_global_batch", None)
     cfg = config_mod.resolve(cli, base)
-    contexts = parse_contexts(cfg)
-    kv, rank, num_workers = _kvstore(cfg, contexts)
+    hvd = _horovod() if cfg["horovod"] else None
+    if hvd is not None:  # one device per process
+        contexts = [mx.gpu(hvd.local_rank())] if mx.context.num_gpus() > 0 else [mx.cpu()]
+        kv, rank, num_workers = None, hvd.rank(), hvd.size()
+    else:
+        contexts = parse_contexts(cfg)
+        kv, rank, num_workers = _kvstore(cfg, contexts)
     if global_batch is not None:
         per_device, rest = divmod(global_batch, len(contexts) * num_workers)
         if rest or per_device == 0:
@@ -430,13 +463,18 @@ def run(cli, extra_callbacks=()):
     np.random.seed(cfg["seed"])
     backbone = build_backbone(cfg)
     symbols.init_model(backbone, contexts)
-    head = build_head(cfg, num_classes, cfg["emb_size"])
-    head.initialize(ctx=contexts)
+    if cfg["fc7_parallel"]:
+        head = ShardedHead(num_classes, cfg["emb_size"], contexts, sample_rate=cfg["sample_rate"],
+                           scale=cfg["margin_s"], margins=margins_of(cfg), momentum=cfg["momentum"],
+                           wd=cfg["fc7_wd"], lr_mult=cfg["fc7_lr_mult"], seed=cfg["seed"], rank=rank)
+    else:
+        head = build_head(cfg, num_classes, cfg["emb_size"])
+        head.initialize(ctx=contexts)
     probe = backbone(mx.nd.zeros((2, 3, 112, 112), ctx=contexts[0]))
     if probe.shape != (2, cfg["emb_size"]):
         raise ValueError(f"{cfg['network']} gives embeddings of shape {probe.shape[1:]}, expected ({cfg['emb_size']},)")
     hybridize_backbone(backbone, cfg["hybridize"])
-    trainer = build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=kv)
+    trainer = build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=kv, horovod=hvd)
 
     state = TrainState(cfg, contexts, backbone, head, trainer, iters_per_epoch, num_classes, rank, num_workers,
                        logger, data_dir)
@@ -445,6 +483,11 @@ def run(cli, extra_callbacks=()):
         amp.init_trainer(trainer)
     if cfg["kvstore"].startswith("dist"):
         sync_initial_parameters(trainer)
+    state.horovod = hvd
+    if hvd is not None:
+        params = dict(backbone.collect_params().items())
+        params.update(head.collect_params().items())
+        hvd.broadcast_parameters(params, root_rank=0)
     manager = ckpt.CheckpointManager(output_dir, cfg["prefix"])
     start_epoch = 0
     if resume_path:
