@@ -81,6 +81,8 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph building)")
     parser.add_argument("--hybridize", default="plain", help="comma-separated modes: none, plain, alloc, static")
     parser.add_argument("--classes", type=int, default=1000, help="identities of the ArcFace head")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="OMP_NUM_THREADS and MXNET_CPU_WORKER_NTHREADS unless already set (as train.py)")
     parser.add_argument("--out", help="also write the results as json")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     return parser
@@ -105,7 +107,10 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), "--_one", f"{network}:{mode}", "--batch-size",
                    str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--classes", str(args.classes)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            env.setdefault("OMP_NUM_THREADS", str(args.threads))  # as recipes/train.py sets them
+            env.setdefault("MXNET_CPU_WORKER_NTHREADS", str(args.threads))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"{network}/{mode} failed: {proc.stderr.strip().splitlines()[-1:]}")
             result = json.loads(proc.stdout.strip().splitlines()[-1])
