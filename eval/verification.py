@@ -23,6 +23,9 @@ import warnings
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tools._cli import use_all_cores
+
+    use_all_cores()
 
 import numpy as np
 

@@ -22,10 +22,9 @@ if __name__ == "__main__":
 import numpy as np
 
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
-# Measured on 2 cores (tools/bench_train.py): MXNet 1.9.1 keeps one core busy unless both the OpenMP threads
-# and the engine's CPU worker threads are raised (seesaw_shuffle, batch 64: 10 -> 17 samples/s).
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", str(os.cpu_count() or 1))
+from tools._cli import use_all_cores  # noqa: E402
+
+use_all_cores()  # before mxnet: MXNet 1.9.1 otherwise keeps one core busy
 
 import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402

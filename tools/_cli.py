@@ -24,3 +24,14 @@ def run_cli(main, argv=None):
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def use_all_cores():
+    """Let MXNet's CPU kernels and engine use every core (call before ``import mxnet``).
+
+    Without ``OMP_NUM_THREADS`` and ``MXNET_CPU_WORKER_NTHREADS`` MXNet 1.9.1 keeps one core busy (measured:
+    seesaw_shuffle inference 16.9 → 25.7 img/s, training 10 → 17 img/s on 2 cores). Values already set win.
+    """
+    cores = str(os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", cores)
+    os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", cores)

@@ -13,6 +13,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools._cli import use_all_cores  # noqa: E402
+
+use_all_cores()
 
 import numpy as np
 

@@ -16,6 +16,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools._cli import use_all_cores  # noqa: E402
+
+use_all_cores()
 
 import numpy as np  # noqa: E402
 

@@ -32,6 +32,9 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools._cli import use_all_cores  # noqa: E402
+
+use_all_cores()
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
