@@ -32,12 +32,15 @@ def _atomic_path(path):
     return tmp
 
 
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (fsynced)."""
+def atomic_write(path, write):
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync, then ``os.replace`` it onto ``path``.
+
+    A failure or a kill at any moment leaves ``path`` as it was (the temporary file is removed on errors).
+    """
     tmp = _atomic_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +48,11 @@ def atomic_write_bytes(path, data):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _structural_params(block, ctx):
@@ -116,17 +124,7 @@ def save_state(path, backbone, head, trainer, meta, ctx):
             os.remove(tmp_states)
     arrays["rng_state"] = np.frombuffer(rng_state(), dtype=np.uint8)
     arrays["meta"] = np.frombuffer(json.dumps(dict(meta, version=STATE_VERSION)).encode(), dtype=np.uint8)
-    tmp = _atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_state(path):
