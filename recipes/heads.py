@@ -51,7 +51,26 @@ def target_cosine(F, cos_y, m1, m2, m3):
     return F.where(inside, margin, fallback) - m3
 
 
-class MarginHead(HybridBlock):
+class MarginWarmup:
+    """Margin warm-up shared by the heads: ``margins`` (m1, m2, m3) or None, scaled by ``margin_scale``."""
+
+    margins = None
+    margin_scale = 1.0
+
+    def set_margin_scale(self, value):
+        """Scale the margins by ``value`` in [0, 1]: m1 → 1 + v·(m1 − 1), m2 → v·m2, m3 → v·m3 (0: softmax)."""
+        self.margin_scale = min(max(float(value), 0.0), 1.0)
+
+    def effective_margins(self):
+        """The (m1, m2, m3) used now (after the warm-up scale); None for plain softmax."""
+        if self.margins is None:
+            return None
+        m1, m2, m3 = self.margins
+        v = self.margin_scale
+        return 1.0 + v * (m1 - 1.0), v * m2, v * m3
+
+
+class MarginHead(MarginWarmup, HybridBlock):
     """fc7 weight W (num_classes × emb_size, no bias) and a margin (SPEC §3).
 
     ``forward(embeddings (B, emb) float32, labels (B,) float32 class ids) -> logits (B, num_classes)``.
@@ -68,18 +87,6 @@ class MarginHead(HybridBlock):
         with self.name_scope():
             self.weight = self.params.get("weight", shape=(self.num_classes, self.emb_size),
                                           init=mx.init.Normal(init_std))
-
-    def set_margin_scale(self, value):
-        """Scale the margins by ``value`` in [0, 1]: m1 → 1 + v·(m1 − 1), m2 → v·m2, m3 → v·m3."""
-        self.margin_scale = min(max(float(value), 0.0), 1.0)
-
-    def effective_margins(self):
-        """The (m1, m2, m3) used now (after the warm-up scale); None for plain softmax."""
-        if self.margins is None:
-            return None
-        m1, m2, m3 = self.margins
-        v = self.margin_scale
-        return 1.0 + v * (m1 - 1.0), v * m2, v * m3
 
     def hybrid_forward(self, F, x, label, weight):
         if self.margins is None:

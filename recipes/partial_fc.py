@@ -33,6 +33,8 @@ import math
 import mxnet as mx
 import numpy as np
 
+from recipes.heads import MarginWarmup
+
 INIT_BLOCK = 65536  # classes per initialisation block (seeded by block index, independent of sharding)
 KV_KEY_BASE = 1 << 20  # kvstore keys of fc7 shards, far from the Trainer's parameter indices
 _EPS = 1e-7
@@ -85,7 +87,7 @@ def init_weight_rows(start, end, emb_size, std=0.01, seed=0):
     return np.concatenate(rows)
 
 
-class PartialFC:
+class PartialFC(MarginWarmup):
     """fc7 weight (num_classes × emb_size) split over ``contexts``, computing the margin softmax loss.
 
     Parameters: ``num_classes``, ``emb_size``; ``contexts`` (list of mx.Context, one shard each);
@@ -121,19 +123,6 @@ class PartialFC:
         self.last_accuracy = None
 
     # ---------------------------------------------------------------- forward
-
-    def set_margin_scale(self, value):
-        """Scale the margins by ``value`` in [0, 1] for warm-up (as ``recipes.heads.MarginHead``):
-        m1 → 1 + v·(m1 − 1), m2 → v·m2, m3 → v·m3; 0 gives the normalised softmax."""
-        self.margin_scale = min(max(float(value), 0.0), 1.0)
-
-    def effective_margins(self):
-        """The (m1, m2, m3) in use now (after the warm-up scale); None for the plain softmax head."""
-        if self.margins is None:
-            return None
-        m1, m2, m3 = self.margins
-        v = self.margin_scale
-        return 1.0 + v * (m1 - 1.0), v * m2, v * m3
 
     def _sample(self, shard, labels):
         """Local row indices kept for ``shard`` (sorted) and each label's position among them (-1: absent)."""
