@@ -103,27 +103,55 @@ def prepare_for_inference(net, ctx=None, fuse=True):
 class OnnxEmbedder:
     """An ONNX embedding model behind the call interface of a Gluon block.
 
+    ``model``: an ``.onnx`` path, serialized ONNX bytes or an ``onnx.ModelProto``. ``threads``: ONNX
+    Runtime intra-op threads (sequential execution, one inter-op thread); None leaves ONNX Runtime's
+    defaults. ``name`` labels error messages (default: the path, or "in-memory ONNX model").
     ``embedder(x)`` with ``x`` float32 ``(N, 3, 112, 112)`` (numpy or NDArray) returns numpy ``(N, D)``.
     A model exported with a fixed batch size is run in chunks of that size (the last one padded).
     """
 
-    def __init__(self, path):
+    def __init__(self, model, threads=None, name=None):
         try:
             import onnxruntime
         except ImportError as err:
-            raise RuntimeError(f"evaluating {path} needs onnxruntime ({err}); pip install onnxruntime") from None
-        self.path = path
+            raise RuntimeError(f"running an ONNX model needs onnxruntime ({err}); pip install onnxruntime") from None
+        if isinstance(model, (str, os.PathLike)):
+            model = os.fspath(model)
+            self.path = name or model
+        else:
+            self.path = name or "in-memory ONNX model"
+            if hasattr(model, "SerializeToString"):
+                model = model.SerializeToString()
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+            options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         try:
-            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
-            raise ValueError(f"{path}: cannot load ONNX model: {err}") from None
+            raise ValueError(f"{self.path}: cannot load ONNX model: {err}") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError(f"{path}: expected one 4-D image input (N, 3, 112, 112), got "
+            raise ValueError(f"{self.path}: expected one 4-D image input (N, 3, 112, 112), got "
                              f"{[(i.name, i.shape) for i in inputs]}")
         self.input_name = inputs[0].name
         batch = inputs[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    @classmethod
+    def from_network(cls, net, threads=None, layout="cells"):
+        """Embedder over the current parameters of a ``symbols.get_model`` network (see
+        :func:`network_to_onnx`); ``threads`` as for the constructor. Sets ``lower_seconds`` (lowering and
+        ONNX conversion) and ``session_seconds`` (ONNX Runtime session creation) on the embedder."""
+        begin = time.perf_counter()
+        model = network_to_onnx(net, layout)
+        lowered = time.perf_counter()
+        embedder = cls(model, threads=threads, name=f"{getattr(net, 'name', 'network')} (folded deploy graph)")
+        embedder.lower_seconds = lowered - begin
+        embedder.session_seconds = time.perf_counter() - lowered
+        return embedder
 
     def __call__(self, x):
         if hasattr(x, "asnumpy"):
@@ -143,6 +171,76 @@ class OnnxEmbedder:
 
     def hybridize(self, *args, **kwargs):
         """No-op: onnxruntime optimises the graph itself."""
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation backends (the training callback's choice between MXNet and ONNX Runtime)
+
+EVAL_BACKENDS = ("auto", "onnxruntime", "mxnet")
+PARITY_TOLERANCE = 1e-3
+
+
+def onnxruntime_available():
+    """True when ``import onnxruntime`` works."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend, ctx=None):
+    """``'auto'`` -> ``'onnxruntime'`` when every device of ``ctx`` is a CPU and onnxruntime imports, else
+    ``'mxnet'``; ``'onnxruntime'`` / ``'mxnet'`` are returned as given (``'onnxruntime'`` raises
+    ValueError when onnxruntime is not installed). Other values raise ValueError listing the choices."""
+    if backend not in EVAL_BACKENDS:
+        raise ValueError(f"evaluation backend must be one of {', '.join(EVAL_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        cpu_only = all(c.device_type == "cpu" for c in as_ctx_list(ctx))
+        return "onnxruntime" if cpu_only and onnxruntime_available() else "mxnet"
+    if backend == "onnxruntime" and not onnxruntime_available():
+        raise ValueError("evaluation backend onnxruntime: onnxruntime is not installed (pip install onnxruntime); "
+                         "or choose mxnet or auto")
+    return backend
+
+
+def default_threads():
+    """Cores the process computes on: ``OMP_NUM_THREADS`` when set (the command lines set it to every core,
+    ``tools._cli.use_all_cores``), else the CPUs this process may run on."""
+    try:
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        threads = 0
+    if threads > 0:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def network_to_onnx(net, layout="cells"):
+    """Serialized ONNX model (bytes) of a ``symbols.get_model`` network's current parameters.
+
+    Lowered with ``symbols.deploy.build_deploy_graph`` (BatchNorm folded into the convolutions, channel
+    shuffle absorbed; ``layout`` as there, ``cells`` is the fastest at batch sizes above 1), converted with
+    ``DeployGraph.to_onnx`` (opset 13, dynamic batch), in memory. Parameters held on several devices are read
+    from the current default context (use ``with ctx:``). Raises what the lowering raises (ValueError for a
+    block it does not know).
+    """
+    from symbols.deploy import build_deploy_graph
+    return build_deploy_graph(net, layout).to_onnx(dynamic_batch=True).SerializeToString()
+
+
+def parity_difference(reference, candidate):
+    """Max abs difference of two ``(N, D)`` embedding arrays relative to the reference's scale
+    (``max|ref - cand| / max(1, max|ref|)``); inf when the shapes differ or values are not finite."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    if reference.shape != candidate.shape:
+        return float("inf")
+    diff = np.abs(reference - candidate).max() / max(1.0, float(np.abs(reference).max()))
+    return float(diff) if np.isfinite(diff) else float("inf")
 
 
 def _check_embedding_output(out, batch, source):
@@ -263,7 +361,7 @@ def extract_embeddings(net, images, ctx=None, batch_size=64, flip=True, progress
 
     ``images``: uint8 ``(M, 112, 112, 3)`` RGB. Batches of ``batch_size`` over the devices ``ctx``
     (list; default CPU); the last batch is padded to full size (so hybridized static-shape networks
-    keep one shape) and trimmed. Returns float32 ``(M, D)``: ``net(x) + net(flip(x))``, not normalised
+    keep one shape) and trimmed, except for an :class:`OnnxEmbedder` with a dynamic batch. Returns float32 ``(M, D)``: ``net(x) + net(flip(x))``, not normalised
     (:func:`evaluate` normalises after the sum). ``progress`` shows a tqdm bar.
     """
     mx = _mx()
@@ -284,16 +382,17 @@ def extract_embeddings(net, images, ctx=None, batch_size=64, flip=True, progress
     if progress:
         from tqdm import tqdm
         starts = tqdm(starts, desc="embedding", unit="batch", leave=False, dynamic_ncols=True)
+    pad = not (isinstance(net, OnnxEmbedder) and net.fixed_batch is None)
     embeddings = None
     with mx.autograd.predict_mode():
         for start in starts:
             chunk = images[start:start + batch_size]
             count = len(chunk)
-            if count < batch_size:
+            if count < batch_size and pad:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - count, axis=0)])
             x = normalize(chunk)
             out = _forward(net, x, ctxs)
-            _check_embedding_output(out, batch_size, "network")
+            _check_embedding_output(out, len(chunk), "network")
             if flip:
                 out = out + _forward(net, np.ascontiguousarray(x[:, :, :, ::-1]), ctxs)
             out = out.asnumpy() if hasattr(out, "asnumpy") else np.asarray(out)
