@@ -21,6 +21,8 @@ import tempfile
 import mxnet as mx
 import numpy as np
 
+import symbols
+
 STATE_VERSION = 1
 POINTER = "checkpoints.json"
 
@@ -63,10 +65,12 @@ def _structural_params(block, ctx):
 def export_embedding(backbone, prefix, epoch, ctx):
     """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` of the embedding network (no fc7).
 
-    The symbol is traced from ``backbone`` on a ``data`` variable (no backend-specific fused operators), the
-    parameters are taken from ``ctx``. Returns ``(symbol_path, params_path)``.
+    The symbol is traced from ``backbone`` on a ``data`` variable with standard operators only (no oneDNN
+    fusion, no :mod:`symbols.fused` library operators, so any MXNet loads it), the parameters are taken from
+    ``ctx``. Returns ``(symbol_path, params_path)``.
     """
-    sym = backbone(mx.sym.var("data"))
+    with symbols.fused.standard_ops():
+        sym = backbone(mx.sym.var("data"))
     arg_names, aux_names = set(sym.list_arguments()), set(sym.list_auxiliary_states())
     arrays = {}
     for name, param in backbone.collect_params().items():

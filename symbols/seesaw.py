@@ -16,6 +16,7 @@ The DW networks use shuffle blocks: the authors' DW_seesawFaceNetv2 weights repr
 """
 from mxnet.gluon.block import HybridBlock
 
+from . import fused
 from .common import ConvBNAct, FaceNet, SEBlock, channel_shuffle, depthwise
 
 SEESAW_TABLE = [(64, 64, 128, 4, 128), (64, 128, 256, 6, 256), (128, 128, 512, 2, 256)]
@@ -61,14 +62,28 @@ class SeesawBlock(HybridBlock):
             else:
                 self.skip = None
 
+    supports_fused_ops = True
+
     def hybrid_forward(self, F, x):
-        first = F.slice_axis(x, axis=1, begin=0, end=self.in_quarter)
-        rest = F.slice_axis(x, axis=1, begin=self.in_quarter, end=None)
-        y = F.concat(self.expand_1(first), self.expand_3(rest), dim=1)
-        if self.variant == "shuffle":
-            y = channel_shuffle(F, y, 2)
+        if fused.active(self):  # one uneven split op (backward: one concat) and concat + shuffle in one op
+            first, rest = F.seesaw_split(x, point=self.in_quarter)
+            a, b = self.expand_1(first), self.expand_3(rest)
+            y = F.seesaw_concat_shuffle(a, b, groups=2) if self.variant == "shuffle" else F.concat(a, b, dim=1)
+        else:
+            first = F.slice_axis(x, axis=1, begin=0, end=self.in_quarter)
+            rest = F.slice_axis(x, axis=1, begin=self.in_quarter, end=None)
+            y = F.concat(self.expand_1(first), self.expand_3(rest), dim=1)
+            if self.variant == "shuffle":
+                y = channel_shuffle(F, y, 2)
         y = self.se(self.dw(y))
-        if self.variant == "shuffle":
+        if fused.active(self):
+            if self.variant == "shuffle":
+                low, high = F.seesaw_split(y, point=self.e_quarter)
+                y = F.concat(self.project_1(low), self.project_3(high), dim=1)
+            else:
+                low, high = F.seesaw_split(y, point=self.e_three)
+                y = F.concat(self.project_3(low), self.project_1(high), dim=1)
+        elif self.variant == "shuffle":
             y = F.concat(self.project_1(F.slice_axis(y, axis=1, begin=0, end=self.e_quarter)),
                          self.project_3(F.slice_axis(y, axis=1, begin=self.e_quarter, end=None)), dim=1)
         else:

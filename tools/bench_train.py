@@ -34,7 +34,7 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def measure(network, batch_size, steps, warmup, hybridize, classes):
+def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True):
     """Time ``steps`` training steps after ``warmup`` ones; returns a result dict (runs in this process)."""
     import mxnet as mx
     import numpy as np
@@ -51,6 +51,8 @@ def measure(network, batch_size, steps, warmup, hybridize, classes):
     mx.random.seed(0)
     backbone = build_backbone(cfg)
     symbols.init_model(backbone, ctx)
+    if fused:
+        symbols.fused.enable(backbone)
     head = build_head(cfg, classes, cfg["emb_size"])
     head.initialize(ctx=ctx)
     hybridize_backbone(backbone, hybridize)
@@ -68,7 +70,7 @@ def measure(network, batch_size, steps, warmup, hybridize, classes):
         train_step(state, data, label, loss_fn)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     images = steps * batch_size
-    return {"network": network, "hybridize": hybridize, "batch_size": batch_size, "steps": steps,
+    return {"network": network, "hybridize": hybridize, "fused": fused, "batch_size": batch_size, "steps": steps,
             "samples_per_sec": images / wall, "samples_per_cpu_sec": images / cpu,
             "cores": os.cpu_count(), "peak_rss_gb": peak_rss_gb()}
 
@@ -80,6 +82,7 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph building)")
     parser.add_argument("--hybridize", default="plain", help="comma-separated modes: none, plain, alloc, static")
+    parser.add_argument("--fused", default="on", help="comma-separated: on (symbols.fused operators), off")
     parser.add_argument("--classes", type=int, default=1000, help="identities of the ArcFace head")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="OMP_NUM_THREADS and MXNET_CPU_WORKER_NTHREADS unless already set (as train.py)")
@@ -91,8 +94,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args._one:
-        network, mode = args._one.split(":")
-        print(json.dumps(measure(network, args.batch_size, args.steps, args.warmup, mode, args.classes)))
+        network, mode, fused = args._one.split(":")
+        print(json.dumps(measure(network, args.batch_size, args.steps, args.warmup, mode, args.classes,
+                                 fused == "on")))
         return 0
     import symbols
     networks = [n.strip() for n in args.networks.split(",") if n.strip()]
@@ -100,23 +104,26 @@ def main(argv=None):
     if unknown:
         raise ValueError(f"unknown network(s) {unknown}; valid: {', '.join(symbols.list_models())}")
     modes = [m.strip() for m in args.hybridize.split(",") if m.strip()]
+    fused_modes = [m.strip() for m in args.fused.split(",") if m.strip()]
+    if set(fused_modes) - {"on", "off"}:
+        raise ValueError(f"--fused takes on and/or off, got {args.fused!r}")
     results = []
-    print(f"{'network':<16} {'mode':<7} {'batch':>5} {'samples/s':>10} {'per CPU-s':>10} {'peak GB':>8}", flush=True)
-    for network in networks:
-        for mode in modes:
-            cmd = [sys.executable, os.path.abspath(__file__), "--_one", f"{network}:{mode}", "--batch-size",
-                   str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--classes", str(args.classes)]
-            env = dict(os.environ)
-            env.setdefault("OMP_NUM_THREADS", str(args.threads))  # as recipes/train.py sets them
-            env.setdefault("MXNET_CPU_WORKER_NTHREADS", str(args.threads))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{network}/{mode} failed: {proc.stderr.strip().splitlines()[-1:]}")
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            results.append(result)
-            print(f"{network:<16} {mode:<7} {args.batch_size:>5} {result['samples_per_sec']:>10.1f} "
-                  f"{result['samples_per_cpu_sec']:>10.1f} {result['peak_rss_gb']:>8.2f}", flush=True)
+    print(f"{'network':<16} {'mode':<7} {'fused':<5} {'batch':>5} {'samples/s':>10} {'per CPU-s':>10} {'peak GB':>8}",
+          flush=True)
+    for network, mode, fused in [(n, m, f) for n in networks for m in modes for f in fused_modes]:
+        cmd = [sys.executable, os.path.abspath(__file__), "--_one", f"{network}:{mode}:{fused}", "--batch-size",
+               str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--classes", str(args.classes)]
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(args.threads))  # as recipes/train.py sets them
+        env.setdefault("MXNET_CPU_WORKER_NTHREADS", str(args.threads))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{network}/{mode} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(result)
+        print(f"{network:<16} {mode:<7} {fused:<5} {args.batch_size:>5} {result['samples_per_sec']:>10.1f} "
+              f"{result['samples_per_cpu_sec']:>10.1f} {result['peak_rss_gb']:>8.2f}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -1,0 +1,403 @@
+// Fused CPU training operators for seesawface (loaded with mx.library.load by symbols/fused.py).
+//
+// Each replaces a chain of MXNet operators whose backward passes make several trips over large feature maps:
+//   seesaw_swish(x)         = x * sigmoid(x)                      (Activation + elemwise_mul + 3 backward ops)
+//   seesaw_prelu(x, alpha)  = x > 0 ? x : alpha[c] * x            (LeakyReLU prelu: its CPU backward is ~50x
+//                                                                    slower than a convolution's)
+//   seesaw_scale(x, w)      = x[n, c, ...] * w[n, c]              (broadcast_mul of the SE gate)
+//   seesaw_concat_shuffle(a, b, groups=2)                          (Concat + reshape/SwapAxis/reshape)
+//                           = channel shuffle of concat(a, b) on axis 1: output channel i*g + j is input
+//                             channel j*(C/g) + i
+//   seesaw_split(x, point=k) = (x[:, :k], x[:, k:])                (two slice_axis, or split_v2: both slow)
+// Inputs are float32, laid out (N, C, ...) with C the second axis. Forward and backward are single passes,
+// parallel over (n, c) planes with OpenMP; per-channel reductions are summed in double per plane.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+using namespace mxnet::ext;
+typedef std::unordered_map<std::string, std::string> Attrs;
+
+namespace {
+
+inline float sigmoidf(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+
+// (N, C, S) view of a tensor with at least two axes.
+struct Planes {
+  int64_t n, c, s;
+};
+
+Planes planes_of(const MXTensor& t) {
+  Planes p{t.shape[0], t.shape.size() > 1 ? t.shape[1] : 1, 1};
+  for (size_t i = 2; i < t.shape.size(); ++i) p.s *= t.shape[i];
+  return p;
+}
+
+bool all_float32(const std::vector<MXTensor>& ts) {
+  for (const auto& t : ts)
+    if (t.dtype != kFloat32) return false;
+  return true;
+}
+
+MXReturnValue fail(const char* op, const char* what) {
+  MX_ERROR_MSG << op << ": " << what;
+  return MX_FAIL;
+}
+
+// ------------------------------------------------------------------------------------------- shapes
+
+MXReturnValue attrs_1in(const Attrs&, int* num_in, int* num_out) {
+  *num_in = 1;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue attrs_2in(const Attrs&, int* num_in, int* num_out) {
+  *num_in = 2;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue type_float32(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  for (int t : *in)
+    if (t != kFloat32) return fail("seesaw ops", "only float32 inputs are supported");
+  (*out)[0] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_same_as_first(const Attrs&, std::vector<std::vector<unsigned int>>* in,
+                                  std::vector<std::vector<unsigned int>>* out) {
+  (*out)[0] = (*in)[0];
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_prelu(const Attrs&, std::vector<std::vector<unsigned int>>* in,
+                          std::vector<std::vector<unsigned int>>* out) {
+  const auto& x = (*in)[0];
+  const auto& a = (*in)[1];
+  if (x.size() < 2 || a.size() != 1 || a[0] != x[1])
+    return fail("seesaw_prelu", "expects x (N, C, ...) and alpha (C,)");
+  (*out)[0] = x;
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_scale(const Attrs&, std::vector<std::vector<unsigned int>>* in,
+                          std::vector<std::vector<unsigned int>>* out) {
+  const auto& x = (*in)[0];
+  const auto& w = (*in)[1];
+  if (x.size() < 2 || w.size() < 2 || w[0] != x[0] || w[1] != x[1])
+    return fail("seesaw_scale", "expects x (N, C, ...) and w (N, C, 1, ...)");
+  for (size_t i = 2; i < w.size(); ++i)
+    if (w[i] != 1) return fail("seesaw_scale", "w must be (N, C, 1, ...)");
+  (*out)[0] = x;
+  return MX_SUCCESS;
+}
+
+// ------------------------------------------------------------------------------------------- swish
+
+MXReturnValue swish_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                            const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_swish", "float32 only");
+  const float* x = (*in)[0].data<float>();
+  float* y = (*out)[0].data<float>();
+  const int64_t size = (*in)[0].size();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < size; ++i) y[i] = x[i] * sigmoidf(x[i]);
+  return MX_SUCCESS;
+}
+
+// inputs: dy, x, y   outputs: dx
+MXReturnValue swish_backward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                             const OpResource&) {
+  const float* dy = (*in)[0].data<float>();
+  const float* x = (*in)[1].data<float>();
+  float* dx = (*out)[0].data<float>();
+  const int64_t size = (*in)[1].size();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < size; ++i) {
+    const float s = sigmoidf(x[i]);
+    dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
+  }
+  return MX_SUCCESS;
+}
+
+// ------------------------------------------------------------------------------------------- prelu
+
+MXReturnValue prelu_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                            const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_prelu", "float32 only");
+  const Planes p = planes_of((*in)[0]);
+  const float* x = (*in)[0].data<float>();
+  const float* alpha = (*in)[1].data<float>();
+  float* y = (*out)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float a = alpha[plane % p.c];
+    const float* xp = x + plane * p.s;
+    float* yp = y + plane * p.s;
+#pragma omp simd
+    for (int64_t i = 0; i < p.s; ++i) yp[i] = xp[i] > 0.0f ? xp[i] : a * xp[i];
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dy, x, alpha, y   outputs: dx, dalpha
+MXReturnValue prelu_backward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                             const OpResource&) {
+  const Planes p = planes_of((*in)[1]);
+  const float* dy = (*in)[0].data<float>();
+  const float* x = (*in)[1].data<float>();
+  const float* alpha = (*in)[2].data<float>();
+  float* dx = (*out)[0].data<float>();
+  float* dalpha = (*out)[1].data<float>();
+  std::vector<double> partial(p.n * p.c);
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float a = alpha[plane % p.c];
+    const float* xp = x + plane * p.s;
+    const float* dyp = dy + plane * p.s;
+    float* dxp = dx + plane * p.s;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < p.s; ++i) {
+      const bool pos = xp[i] > 0.0f;
+      dxp[i] = pos ? dyp[i] : a * dyp[i];
+      acc += pos ? 0.0f : dyp[i] * xp[i];
+    }
+    partial[plane] = acc;
+  }
+  for (int64_t c = 0; c < p.c; ++c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < p.n; ++n) sum += partial[n * p.c + c];
+    dalpha[c] = static_cast<float>(sum);
+  }
+  return MX_SUCCESS;
+}
+
+// ------------------------------------------------------------------------------------------- scale
+
+MXReturnValue scale_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                            const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_scale", "float32 only");
+  const Planes p = planes_of((*in)[0]);
+  const float* x = (*in)[0].data<float>();
+  const float* w = (*in)[1].data<float>();
+  float* y = (*out)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float g = w[plane];
+    const float* xp = x + plane * p.s;
+    float* yp = y + plane * p.s;
+#pragma omp simd
+    for (int64_t i = 0; i < p.s; ++i) yp[i] = xp[i] * g;
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dy, x, w, y   outputs: dx, dw
+MXReturnValue scale_backward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                             const OpResource&) {
+  const Planes p = planes_of((*in)[1]);
+  const float* dy = (*in)[0].data<float>();
+  const float* x = (*in)[1].data<float>();
+  const float* w = (*in)[2].data<float>();
+  float* dx = (*out)[0].data<float>();
+  float* dw = (*out)[1].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float g = w[plane];
+    const float* xp = x + plane * p.s;
+    const float* dyp = dy + plane * p.s;
+    float* dxp = dx + plane * p.s;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < p.s; ++i) {
+      dxp[i] = dyp[i] * g;
+      acc += dyp[i] * xp[i];
+    }
+    dw[plane] = acc;
+  }
+  return MX_SUCCESS;
+}
+
+
+// ------------------------------------------------------------------------------------------- concat + shuffle
+
+int groups_of(const Attrs& attrs) {
+  auto it = attrs.find("groups");
+  return it == attrs.end() ? 2 : std::stoi(it->second);
+}
+
+MXReturnValue attrs_shuffle(const Attrs& attrs, int* num_in, int* num_out) {
+  if (groups_of(attrs) < 1) return fail("seesaw_concat_shuffle", "groups must be >= 1");
+  *num_in = 2;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_shuffle(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
+                            std::vector<std::vector<unsigned int>>* out) {
+  const auto& a = (*in)[0];
+  const auto& b = (*in)[1];
+  if (a.size() < 2 || a.size() != b.size() || a[0] != b[0])
+    return fail("seesaw_concat_shuffle", "a and b must be (N, Ca, ...) and (N, Cb, ...)");
+  for (size_t i = 2; i < a.size(); ++i)
+    if (a[i] != b[i]) return fail("seesaw_concat_shuffle", "a and b differ beyond axis 1");
+  if ((a[1] + b[1]) % groups_of(attrs)) return fail("seesaw_concat_shuffle", "channels not divisible by groups");
+  (*out)[0] = a;
+  (*out)[0][1] = a[1] + b[1];
+  return MX_SUCCESS;
+}
+
+// Copies planes between concat(a, b) (source channel k) and the shuffled output (channel i*g + j).
+template <bool kForward>
+void shuffle_planes(float* a, float* b, float* out, int64_t n, int64_t ca, int64_t cb, int64_t s, int groups) {
+  const int64_t c = ca + cb, per = c / groups;
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < n * c; ++plane) {
+    const int64_t img = plane / c, dst = plane % c;
+    const int64_t src = (dst % groups) * per + dst / groups;
+    float* side = src < ca ? a + (img * ca + src) * s : b + (img * cb + src - ca) * s;
+    float* o = out + plane * s;
+    if (kForward) {
+      std::copy(side, side + s, o);
+    } else {
+      std::copy(o, o + s, side);
+    }
+  }
+}
+
+MXReturnValue shuffle_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                              const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_concat_shuffle", "float32 only");
+  const Planes pa = planes_of((*in)[0]), pb = planes_of((*in)[1]);
+  shuffle_planes<true>((*in)[0].data<float>(), (*in)[1].data<float>(), (*out)[0].data<float>(), pa.n, pa.c, pb.c,
+                       pa.s, groups_of(attrs));
+  return MX_SUCCESS;
+}
+
+// inputs: dout, a, b, out   outputs: da, db
+MXReturnValue shuffle_backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                               const OpResource&) {
+  const Planes pa = planes_of((*out)[0]), pb = planes_of((*out)[1]);
+  shuffle_planes<false>((*out)[0].data<float>(), (*out)[1].data<float>(), (*in)[0].data<float>(), pa.n, pa.c, pb.c,
+                        pa.s, groups_of(attrs));
+  return MX_SUCCESS;
+}
+
+
+// ------------------------------------------------------------------------------------------- uneven split
+
+int64_t point_of(const Attrs& attrs) {
+  auto it = attrs.find("point");
+  return it == attrs.end() ? -1 : std::stoll(it->second);
+}
+
+MXReturnValue attrs_split(const Attrs& attrs, int* num_in, int* num_out) {
+  if (point_of(attrs) < 1) return fail("seesaw_split", "needs point >= 1");
+  *num_in = 1;
+  *num_out = 2;
+  return MX_SUCCESS;
+}
+
+MXReturnValue type_split(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  if ((*in)[0] != kFloat32) return fail("seesaw_split", "only float32 inputs are supported");
+  (*out)[0] = (*out)[1] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_split(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
+                          std::vector<std::vector<unsigned int>>* out) {
+  const auto& x = (*in)[0];
+  const int64_t k = point_of(attrs);
+  if (x.size() < 2 || k >= static_cast<int64_t>(x[1])) return fail("seesaw_split", "point must be in [1, C)");
+  (*out)[0] = x;
+  (*out)[0][1] = static_cast<unsigned int>(k);
+  (*out)[1] = x;
+  (*out)[1][1] = x[1] - static_cast<unsigned int>(k);
+  return MX_SUCCESS;
+}
+
+// Copies each image's first k channels to/from a and the rest to/from b (contiguous runs).
+template <bool kForward>
+void split_planes(float* x, float* a, float* b, int64_t n, int64_t c, int64_t k, int64_t s) {
+#pragma omp parallel for schedule(static)
+  for (int64_t img = 0; img < n; ++img) {
+    float* xi = x + img * c * s;
+    float* ai = a + img * k * s;
+    float* bi = b + img * (c - k) * s;
+    if (kForward) {
+      std::copy(xi, xi + k * s, ai);
+      std::copy(xi + k * s, xi + c * s, bi);
+    } else {
+      std::copy(ai, ai + k * s, xi);
+      std::copy(bi, bi + (c - k) * s, xi + k * s);
+    }
+  }
+}
+
+MXReturnValue split_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                            const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_split", "float32 only");
+  const Planes p = planes_of((*in)[0]);
+  split_planes<true>((*in)[0].data<float>(), (*out)[0].data<float>(), (*out)[1].data<float>(), p.n, p.c,
+                     point_of(attrs), p.s);
+  return MX_SUCCESS;
+}
+
+// inputs: da, db, x, a, b   outputs: dx
+MXReturnValue split_backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                             const OpResource&) {
+  const Planes p = planes_of((*out)[0]);
+  split_planes<false>((*out)[0].data<float>(), (*in)[0].data<float>(), (*in)[1].data<float>(), p.n, p.c,
+                      point_of(attrs), p.s);
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(seesaw_swish)
+    .setParseAttrs(attrs_1in)
+    .setInferType(type_float32)
+    .setInferShape(shape_same_as_first)
+    .setForward(swish_forward, "cpu")
+    .setBackward(swish_backward, "cpu");
+
+REGISTER_OP(seesaw_prelu)
+    .setParseAttrs(attrs_2in)
+    .setInferType(type_float32)
+    .setInferShape(shape_prelu)
+    .setForward(prelu_forward, "cpu")
+    .setBackward(prelu_backward, "cpu");
+
+REGISTER_OP(seesaw_scale)
+    .setParseAttrs(attrs_2in)
+    .setInferType(type_float32)
+    .setInferShape(shape_scale)
+    .setForward(scale_forward, "cpu")
+    .setBackward(scale_backward, "cpu");
+
+REGISTER_OP(seesaw_concat_shuffle)
+    .setParseAttrs(attrs_shuffle)
+    .setInferType(type_float32)
+    .setInferShape(shape_shuffle)
+    .setForward(shuffle_forward, "cpu")
+    .setBackward(shuffle_backward, "cpu");
+
+REGISTER_OP(seesaw_split)
+    .setParseAttrs(attrs_split)
+    .setInferType(type_split)
+    .setInferShape(shape_split)
+    .setForward(split_forward, "cpu")
+    .setBackward(split_backward, "cpu");
+
+MXReturnValue initialize(int version) {
+  if (version >= 10900) return MX_SUCCESS;
+  MX_ERROR_MSG << "seesaw ops need MXNet >= 1.9.0, found " << version;
+  return MX_FAIL;
+}

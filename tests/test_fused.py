@@ -1,0 +1,154 @@
+"""Fused training operators (symbols/fused.py, symbols/csrc/seesaw_ops.cc): same values and gradients as the
+standard MXNet operators they replace, per operator and through whole networks; exported graphs stay standard."""
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd
+
+import symbols
+from symbols import fused
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason=f"fused operators unavailable: "
+                                                                  f"{fused.unavailable_reason()}")
+
+
+def _grads(fn, inputs, head_grad):
+    """Output and input gradients of ``fn(*inputs)`` for the given output gradient."""
+    arrays = [mx.nd.array(a) for a in inputs]
+    for a in arrays:
+        a.attach_grad()
+    with autograd.record():
+        out = fn(*arrays)
+    out.backward(mx.nd.array(head_grad))
+    return [out.asnumpy()] + [a.grad.asnumpy() for a in arrays]
+
+
+def _check(fused_fn, standard_fn, inputs, out_shape, rtol=1e-5, atol=1e-5):
+    rng = np.random.RandomState(3)
+    head = rng.normal(size=out_shape).astype(np.float32)
+    got = _grads(fused_fn, inputs, head)
+    want = _grads(standard_fn, inputs, head)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+
+
+def test_swish_matches_sigmoid_times_x():
+    x = np.random.RandomState(0).normal(scale=4, size=(3, 5, 7, 6)).astype(np.float32)
+    _check(lambda a: mx.nd.seesaw_swish(a), lambda a: a * mx.nd.Activation(a, act_type="sigmoid"), [x], x.shape)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 5), (4, 6, 1, 1), (3, 5)])
+def test_prelu_matches_leakyrelu_including_slope_gradient(shape):
+    rng = np.random.RandomState(1)
+    x = rng.normal(size=shape).astype(np.float32)
+    alpha = rng.uniform(0.05, 0.5, size=(shape[1],)).astype(np.float32)
+    _check(lambda a, g: mx.nd.seesaw_prelu(a, g), lambda a, g: mx.nd.LeakyReLU(a, gamma=g, act_type="prelu"),
+           [x, alpha], shape, rtol=1e-4)
+
+
+def test_scale_matches_broadcast_mul_including_gate_gradient():
+    rng = np.random.RandomState(2)
+    x = rng.normal(size=(4, 6, 9, 8)).astype(np.float32)
+    w = rng.uniform(size=(4, 6, 1, 1)).astype(np.float32)
+    _check(lambda a, g: mx.nd.seesaw_scale(a, g), lambda a, g: mx.nd.broadcast_mul(a, g), [x, w], x.shape,
+           rtol=1e-4)
+
+
+def test_concat_shuffle_matches_concat_and_channel_shuffle():
+    rng = np.random.RandomState(4)
+    a = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+    b = rng.normal(size=(3, 12, 5, 6)).astype(np.float32)
+
+    def standard(u, v):
+        return symbols.common.channel_shuffle(mx.nd, mx.nd.concat(u, v, dim=1), 2)
+
+    _check(lambda u, v: mx.nd.seesaw_concat_shuffle(u, v, groups=2), standard, [a, b], (3, 16, 5, 6),
+           rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("point", [1, 4, 15])
+def test_split_matches_two_slices(point):
+    x = np.random.RandomState(5).normal(size=(3, 16, 4, 5)).astype(np.float32)
+    rng = np.random.RandomState(6)
+    heads = [rng.normal(size=(3, point, 4, 5)), rng.normal(size=(3, 16 - point, 4, 5))]
+    grads = []
+    for split in (lambda a: mx.nd.seesaw_split(a, point=point),
+                  lambda a: (mx.nd.slice_axis(a, axis=1, begin=0, end=point),
+                             mx.nd.slice_axis(a, axis=1, begin=point, end=None))):
+        arr = mx.nd.array(x)
+        arr.attach_grad()
+        with autograd.record():
+            low, high = split(arr)
+        autograd.backward([low, high], [mx.nd.array(h) for h in heads])
+        grads.append((low.asnumpy(), high.asnumpy(), arr.grad.asnumpy()))
+    for got, want in zip(*grads):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bad_shapes_raise_clear_errors():
+    with pytest.raises(mx.base.MXNetError, match="alpha"):
+        mx.nd.seesaw_prelu(mx.nd.ones((2, 3, 4, 4)), mx.nd.ones((4,))).wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="point"):
+        mx.nd.seesaw_split(mx.nd.ones((2, 3, 4, 4)), point=3)[0].wait_to_read()
+
+
+def _net_step(name, on, mode, batch=4):
+    mx.random.seed(7)
+    net = symbols.get_model(name, emb_size=32)
+    symbols.init_model(net, [mx.cpu()])
+    if on:
+        assert fused.enable(net) > 0
+    if mode == "static":
+        net.hybridize(static_alloc=True, static_shape=True)
+    elif mode == "plain":
+        net.hybridize()
+    x = mx.nd.array(np.random.RandomState(8).uniform(-1, 1, (batch, 3, 112, 112)))
+    with autograd.record():
+        out = net(x)
+        loss = (out * mx.nd.arange(32).reshape((1, 32))).sum()
+    loss.backward()
+    params = net.collect_params()
+    grads = {k[len(net.prefix):]: p.grad().asnumpy() for k, p in params.items() if p.grad_req != "null"}
+    stats = {k[len(net.prefix):]: p.data().asnumpy() for k, p in params.items() if "running" in k}
+    return out.asnumpy(), grads, stats
+
+
+@pytest.mark.parametrize("name,mode", [("seesaw_shuffle", "static"), ("seesaw_share", "plain"),
+                                       ("mobilefacenet", "none")])
+def test_fused_network_trains_like_the_standard_one(name, mode):
+    out_std, grads_std, stats_std = _net_step(name, False, mode)
+    out_fused, grads_fused, stats_fused = _net_step(name, True, mode)
+    np.testing.assert_allclose(out_fused, out_std, rtol=1e-4, atol=1e-4)
+    assert set(grads_fused) == set(grads_std)
+    # gradients through a stack of training-mode BatchNorms amplify float32 rounding: compare on the scale
+    # of the largest gradient of the network
+    scale = max(np.abs(g).max() for g in grads_std.values())
+    for key in grads_std:
+        np.testing.assert_allclose(grads_fused[key], grads_std[key], rtol=0, atol=1e-4 * scale, err_msg=key)
+    for key in stats_std:
+        np.testing.assert_allclose(stats_fused[key], stats_std[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_standard_ops_context_traces_without_library_operators():
+    net = symbols.get_model("seesaw_shuffle", emb_size=32)
+    fused.enable(net)
+    traced = json.loads(net(mx.sym.var("data")).tojson())
+    assert any(node["op"].startswith("seesaw_") for node in traced["nodes"])
+    with fused.standard_ops():
+        standard = json.loads(net(mx.sym.var("data")).tojson())
+    assert not any(node["op"].startswith("seesaw_") for node in standard["nodes"])
+    fused.enable(net, on=False)
+    assert not any(node["op"].startswith("seesaw_") for node in json.loads(net(mx.sym.var("data")).tojson())["nodes"])
+
+
+def test_build_reports_compiler_errors(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot run .*no-such-compiler"):
+        fused.build(str(tmp_path / "lib.so"), compiler=str(tmp_path / "no-such-compiler"))
+    broken = tmp_path / "cxx"
+    broken.write_text("#!/bin/sh\necho 'fatal: broken compiler' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(RuntimeError, match="broken compiler"):
+        fused.build(str(tmp_path / "lib.so"), compiler=str(broken))
+    assert not (tmp_path / "lib.so").exists()
