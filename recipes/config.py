@@ -16,6 +16,8 @@ import os
 
 import yaml
 
+from eval.verification import EVAL_BACKENDS
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 LOSSES = ("softmax", "arcface", "cosface", "combined")
@@ -75,6 +77,11 @@ OPTIONS = {
     "eval_interval": ("evaluation", 0, "also verify every N batches (0: only at each epoch end)"),
     "eval_batch_size": ("evaluation", 64, "batch size of verification embedding"),
     "eval_flip": ("evaluation", True, "sum the embeddings of each image and its flip (SPEC §6)"),
+    "eval_backend": ("evaluation", "auto", "what embeds the verification images: onnxruntime (the live parameters "
+                                           "lowered to the folded deploy graph at each evaluation, several times "
+                                           "faster on CPU; falls back to mxnet with a warning for a network it "
+                                           "cannot lower), mxnet (a oneDNN-fused copy of the network), or auto "
+                                           "(onnxruntime on CPU when installed, mxnet on GPUs; default: auto)"),
     # output
     "output_dir": ("output", None, "output folder (default outputs/<network>)"),
     "prefix": ("output", "model", "checkpoint prefix inside the output folder"),
@@ -85,7 +92,8 @@ GROUPS = ("data", "model", "loss", "optimiser", "devices", "evaluation", "output
 DEFAULTS = {key: spec[1] for key, spec in OPTIONS.items()}
 _TYPES = {"batch_size": int, "num_workers": int, "emb_size": int, "num_epochs": int, "seed": int,
           "cpu_devices": int, "eval_interval": int, "eval_batch_size": int, "log_interval": int}
-_CHOICES = {"loss": LOSSES, "kvstore": KVSTORES, "hybridize": HYBRIDIZE, "act": ("prelu", "swish")}
+_CHOICES = {"loss": LOSSES, "kvstore": KVSTORES, "hybridize": HYBRIDIZE, "act": ("prelu", "swish"),
+            "eval_backend": EVAL_BACKENDS}
 
 
 def _type_of(key):

@@ -283,13 +283,37 @@ def train_one_epoch(state, loader, loss_fn):
 class Verifier:
     """Per-epoch verification on the ``.bin`` sets with ``eval.verification`` (SPEC §6).
 
-    Embeds with a second instance of the network, hybridized for inference (oneDNN-fused on CPU), into
-    which the training parameters are copied before each evaluation; the training graph is left alone.
+    Two backends (``--eval-backend``; ``auto`` resolves with ``eval.verification.resolve_backend``):
+
+    - ``onnxruntime``: at each evaluation the live backbone's current parameters are lowered to the folded
+      deploy graph (``symbols.deploy``: BatchNorm folded, shuffle absorbed), converted to ONNX in memory and
+      run by ONNX Runtime with one intra-op thread per core of the run. The model is first checked against an
+      imperative copy of the network (same parameters) on a few of the set's images; a network the lowering
+      cannot handle, or a difference above ``eval.verification.PARITY_TOLERANCE``, switches the run to
+      ``mxnet`` with one warning line in the log.
+    - ``mxnet``: a second instance of the network, hybridized for inference (oneDNN-fused on CPU), into
+      which the training parameters are copied before each evaluation.
+
+    Either way the training graph is left alone and ``verify_sets`` does the flip-summing, folds and
+    TAR@FAR. ``last`` holds the backend and the preparation seconds of the latest evaluation.
     """
 
-    def __init__(self, cfg, sets, context):
+    PROBE_IMAGES = 4
+
+    def __init__(self, cfg, sets, context, logger=None):
+        from eval.verification import resolve_backend
         self.cfg, self.sets, self.context = cfg, sets, context
-        self.net = None
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+        self.backend = resolve_backend(cfg.get("eval_backend", "auto"), [context])
+        self.net = None        # oneDNN-fused MXNet copy (mxnet backend)
+        self.reference = None  # imperative CPU copy (the onnxruntime parity check)
+        self.last = {}
+
+    def _copy_params(self, backbone, net):
+        source = backbone._collect_params_with_prefix()
+        target = net._collect_params_with_prefix()
+        for name, param in source.items():
+            target[name].set_data(param.data(self.context))
 
     def _eval_net(self, backbone):
         from eval.verification import prepare_for_inference
@@ -297,21 +321,65 @@ class Verifier:
             self.net = build_backbone(self.cfg)
             self.net.initialize(ctx=self.context)
             prepare_for_inference(self.net, [self.context])
-        source = backbone._collect_params_with_prefix()
-        target = self.net._collect_params_with_prefix()
-        for name, param in source.items():
-            target[name].set_data(param.data(self.context))
+        self._copy_params(backbone, self.net)
         return self.net
+
+    def _onnx_embedder(self, backbone):
+        """ONNX Runtime embedder of the backbone's current parameters, checked against the network."""
+        from datasets import normalize
+        from eval.verification import PARITY_TOLERANCE, OnnxEmbedder, default_threads, parity_difference
+        with self.context:  # parameters on several devices are read from this one
+            embedder = OnnxEmbedder.from_network(backbone, threads=default_threads())
+        tic = time.perf_counter()
+        if self.reference is None:
+            self.reference = build_backbone(self.cfg)
+            self.reference.initialize(ctx=mx.cpu())
+        self._copy_params(backbone, self.reference)
+        probe = normalize(next(iter(self.sets.values()))[0][:self.PROBE_IMAGES])
+        with autograd.predict_mode():
+            expected = self.reference(mx.nd.array(probe, ctx=mx.cpu())).asnumpy()
+        difference = parity_difference(expected, embedder(probe))
+        if not difference <= PARITY_TOLERANCE:
+            raise ValueError(f"its embeddings differ from the network's by {difference:.3g} (relative, "
+                             f"tolerance {PARITY_TOLERANCE:g})")
+        self.last.update(lower_seconds=embedder.lower_seconds, session_seconds=embedder.session_seconds,
+                         check_seconds=time.perf_counter() - tic)
+        return embedder
+
+    def embedder(self, backbone):
+        """What embeds with the backbone's current parameters (an ``OnnxEmbedder`` or the fused MXNet copy).
+
+        A failure of the onnxruntime backend (lowering, conversion, session or parity check) logs one warning
+        line and switches this and every later evaluation to the mxnet backend.
+        """
+        tic = time.perf_counter()
+        self.last = {}
+        net = None
+        if self.backend == "onnxruntime":
+            try:
+                net = self._onnx_embedder(backbone)
+            except Exception as err:  # any failure of the lowering or of ONNX Runtime: fall back, loudly
+                reason = (str(err).strip().splitlines() or [""])[0]
+                self.logger.warning(f"warning: verification cannot use onnxruntime for {self.cfg['network']} "
+                                    f"({type(err).__name__}: {reason}); using the mxnet backend from now on "
+                                    "(--eval-backend mxnet avoids this attempt)")
+                self.backend = "mxnet"
+                self.last = {}
+        if net is None:
+            net = self._eval_net(backbone)
+        self.last.update(backend=self.backend, prepare_seconds=time.perf_counter() - tic)
+        return net
 
     def __call__(self, backbone):
         from eval.verification import verify_sets
-        return verify_sets(self._eval_net(backbone), self.sets, ctx=[self.context],
+        return verify_sets(self.embedder(backbone), self.sets, ctx=[self.context],
                            batch_size=self.cfg["eval_batch_size"], flip=self.cfg["eval_flip"])
 
 
 def evaluate(state):
     """Verify on every loaded set; returns ``{'sets': {name: result}, 'mean_accuracy': float}`` and logs a
-    line per set. Rank 0 only (other ranks return an empty dict)."""
+    line per set, then the mean with the time taken and the backend. Rank 0 only (other ranks return an
+    empty dict)."""
     if not state.is_main or state.verifier is None or not state.verifier.sets:
         return {}
     tic = time.perf_counter()
@@ -325,7 +393,9 @@ def evaluate(state):
         sets[name] = {"accuracy": float(result["accuracy"]), "accuracy_std": float(result["accuracy_std"]),
                       "xnorm": float(result["xnorm"])}
     mean = float(np.mean([s["accuracy"] for s in sets.values()]))
-    state.log(f"verification mean accuracy {mean:.4f} ({time.perf_counter() - tic:.1f} s)")
+    last = getattr(state.verifier, "last", {})
+    how = f", {last['backend']}, {last['prepare_seconds']:.2f} s preparing" if "backend" in last else ""
+    state.log(f"verification mean accuracy {mean:.4f} ({time.perf_counter() - tic:.1f} s{how})")
     return {"sets": sets, "mean_accuracy": mean}
 
 
