@@ -40,6 +40,8 @@ OPTIONS = {
     "act": ("model", None, "mobilefacenet activation (default: the network's own)"),
     "hybridize": ("model", "plain", "backbone graph mode: none, plain (cached graph), alloc (static_alloc), static "
                                     "(static_alloc+static_shape); see recipes/train.py:hybridize_backbone"),
+    "fused_ops": ("model", "auto", "one-pass CPU training operators (symbols/fused.py): auto (on for CPU training "
+                                   "when g++ builds them), on, off"),
     # loss
     "loss": ("loss", "arcface", "margin head: softmax, arcface, cosface, combined (SPEC §3)"),
     "margin_s": ("loss", 64.0, "scale s of the normalised heads"),
@@ -93,6 +95,7 @@ DEFAULTS = {key: spec[1] for key, spec in OPTIONS.items()}
 _TYPES = {"batch_size": int, "num_workers": int, "emb_size": int, "num_epochs": int, "seed": int,
           "cpu_devices": int, "eval_interval": int, "eval_batch_size": int, "log_interval": int}
 _CHOICES = {"loss": LOSSES, "kvstore": KVSTORES, "hybridize": HYBRIDIZE, "act": ("prelu", "swish"),
+            "fused_ops": ("auto", "on", "off"),
             "eval_backend": EVAL_BACKENDS}
 
 

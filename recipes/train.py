@@ -132,6 +132,35 @@ def build_backbone(cfg):
     return symbols.get_model(cfg["network"], emb_size=cfg["emb_size"], **kwargs)
 
 
+def use_fused_ops(backbone, cfg, contexts, logger=None):
+    """``--fused-ops``: switch ``backbone`` to the one-pass CPU training operators of :mod:`symbols.fused`.
+
+    ``auto`` (default): on when every context is a CPU and the library builds, else off (logged); ``on``: the
+    same but an error when they cannot be used; ``off``: standard MXNet operators. Returns whether they are on.
+    Checkpoints always hold standard operators (recipes/checkpoint.py traces inside ``standard_ops``).
+    """
+    mode = cfg.get("fused_ops", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"--fused-ops must be auto, on or off, got {mode!r}")
+    if mode == "off":
+        return False
+    if any(c.device_type != "cpu" for c in contexts):
+        if mode == "on":
+            raise ValueError("--fused-ops on: the fused operators run on CPU only; use --fused-ops auto with --gpus")
+        return False
+    if not symbols.fused.available():
+        reason = symbols.fused.unavailable_reason()
+        if mode == "on":
+            raise ValueError(f"--fused-ops on: the fused operators are unavailable: {reason}")
+        if logger:
+            logger.warning(f"fused CPU operators unavailable ({reason}); training with standard operators (slower)")
+        return False
+    count = symbols.fused.enable(backbone)
+    if logger:
+        logger.info(f"fused CPU operators on ({count} blocks; --fused-ops off to disable)")
+    return True
+
+
 def hybridize_backbone(backbone, mode):
     """``none``: imperative; ``plain`` (default): cached graph; ``alloc``: static_alloc; ``static``:
     static_alloc + static_shape.
@@ -287,7 +316,8 @@ class Verifier:
 
     - ``onnxruntime``: at each evaluation the live backbone's current parameters are lowered to the folded
       deploy graph (``symbols.deploy``: BatchNorm folded, shuffle absorbed), converted to ONNX in memory and
-      run by ONNX Runtime with one intra-op thread per core of the run. The model is first checked against an
+      run by ONNX Runtime with one intra-op thread per core of the run (not busy-waiting: robust to a competing
+      process). The model is first checked against an
       imperative copy of the network (same parameters) on a few of the set's images; a network the lowering
       cannot handle, or a difference above ``eval.verification.PARITY_TOLERANCE``, switches the run to
       ``mxnet`` with one warning line in the log.
@@ -329,7 +359,7 @@ class Verifier:
         from datasets import normalize
         from eval.verification import PARITY_TOLERANCE, OnnxEmbedder, default_threads, parity_difference
         with self.context:  # parameters on several devices are read from this one
-            embedder = OnnxEmbedder.from_network(backbone, threads=default_threads())
+            embedder = OnnxEmbedder.from_network(backbone, threads=default_threads(), spinning=False)
         tic = time.perf_counter()
         if self.reference is None:
             self.reference = build_backbone(self.cfg)
@@ -543,6 +573,7 @@ def run(cli, extra_callbacks=()):
     else:
         head = build_head(cfg, num_classes, cfg["emb_size"])
         head.initialize(ctx=contexts)
+    use_fused_ops(backbone, cfg, contexts, logger)
     probe = backbone(mx.nd.zeros((2, 3, 112, 112), ctx=contexts[0]))
     if probe.shape != (2, cfg["emb_size"]):
         raise ValueError(f"{cfg['network']} gives embeddings of shape {probe.shape[1:]}, expected ({cfg['emb_size']},)")

@@ -152,3 +152,19 @@ def test_build_reports_compiler_errors(tmp_path):
     with pytest.raises(RuntimeError, match="broken compiler"):
         fused.build(str(tmp_path / "lib.so"), compiler=str(broken))
     assert not (tmp_path / "lib.so").exists()
+
+
+def test_training_switch_auto_on_off():
+    from recipes.train import use_fused_ops
+
+    def marked(net):
+        return sum(getattr(b, "_fused_ops", False) for b in net.stem.conv._children.values())
+
+    net = symbols.get_model("mobilefacenet", emb_size=32)
+    assert use_fused_ops(net, {"fused_ops": "off"}, [mx.cpu()]) is False and marked(net) == 0
+    assert use_fused_ops(net, {"fused_ops": "auto"}, [mx.gpu(0)]) is False and marked(net) == 0
+    with pytest.raises(ValueError, match="CPU only"):
+        use_fused_ops(net, {"fused_ops": "on"}, [mx.gpu(0)])
+    with pytest.raises(ValueError, match="auto, on or off"):
+        use_fused_ops(net, {"fused_ops": "yes"}, [mx.cpu()])
+    assert use_fused_ops(net, {"fused_ops": "auto"}, [mx.cpu()]) is True and marked(net) == 1

@@ -6,6 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+import symbols
 from datasets import synthetic
 from recipes import checkpoint as ckpt
 from recipes import train
@@ -83,6 +84,11 @@ def test_mobilefacenet_with_verification_and_plot(data_dir, tmp_path):
     assert "[synth_lfw]" in log and "samples/s" in log and "ETA" in log
 
     # the exported embedding network loads with mx.model.load_checkpoint and matches the live network
+    # (trained with the fused CPU operators when they build; the saved graph holds standard operators only)
+    assert symbols.fused.available() == any(getattr(b, "_fused_ops", False)
+                                            for b in capture.state.backbone.stem.conv._children.values())
+    ops = {node["op"] for node in json.load(open(tmp_path / "model-symbol.json"))["nodes"]}
+    assert "LeakyReLU" in ops and not any(op.startswith("seesaw_") for op in ops)
     sym, arg_params, aux_params = mx.model.load_checkpoint(str(tmp_path / "model"), 1)
     assert not any("fc7" in name for name in arg_params)
     x = mx.nd.array(np.random.RandomState(0).randn(3, 3, 112, 112).astype(np.float32))
