@@ -105,12 +105,14 @@ class OnnxEmbedder:
 
     ``model``: an ``.onnx`` path, serialized ONNX bytes or an ``onnx.ModelProto``. ``threads``: ONNX
     Runtime intra-op threads (sequential execution, one inter-op thread); None leaves ONNX Runtime's
-    defaults. ``name`` labels error messages (default: the path, or "in-memory ONNX model").
+    defaults. ``spinning=False`` makes idle intra-op threads sleep instead of busy-waiting: ~5% slower on a
+    quiet machine, about twice as fast when another process competes for the cores (measured, 2 cores).
+    ``name`` labels error messages (default: the path, or "in-memory ONNX model").
     ``embedder(x)`` with ``x`` float32 ``(N, 3, 112, 112)`` (numpy or NDArray) returns numpy ``(N, D)``.
     A model exported with a fixed batch size is run in chunks of that size (the last one padded).
     """
 
-    def __init__(self, model, threads=None, name=None):
+    def __init__(self, model, threads=None, name=None, spinning=True):
         try:
             import onnxruntime
         except ImportError as err:
@@ -128,6 +130,8 @@ class OnnxEmbedder:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
             options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
@@ -141,14 +145,15 @@ class OnnxEmbedder:
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
 
     @classmethod
-    def from_network(cls, net, threads=None, layout="cells"):
+    def from_network(cls, net, threads=None, layout="cells", spinning=True):
         """Embedder over the current parameters of a ``symbols.get_model`` network (see
-        :func:`network_to_onnx`); ``threads`` as for the constructor. Sets ``lower_seconds`` (lowering and
+        :func:`network_to_onnx`); ``threads`` and ``spinning`` as for the constructor. Sets ``lower_seconds`` (lowering and
         ONNX conversion) and ``session_seconds`` (ONNX Runtime session creation) on the embedder."""
         begin = time.perf_counter()
         model = network_to_onnx(net, layout)
         lowered = time.perf_counter()
-        embedder = cls(model, threads=threads, name=f"{getattr(net, 'name', 'network')} (folded deploy graph)")
+        embedder = cls(model, threads=threads, name=f"{getattr(net, 'name', 'network')} (folded deploy graph)",
+                       spinning=spinning)
         embedder.lower_seconds = lowered - begin
         embedder.session_seconds = time.perf_counter() - lowered
         return embedder

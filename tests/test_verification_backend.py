@@ -231,9 +231,10 @@ def test_evaluate_logs_the_backend_and_time(pair_sets):
 def test_in_memory_onnx_embedder_uses_the_given_threads():
     cfg = _cfg("seesaw_shuffle", "auto")
     net = _trained_like(cfg)
-    embedder = OnnxEmbedder.from_network(net, threads=2)
+    embedder = OnnxEmbedder.from_network(net, threads=2, spinning=False)
     options = embedder.session.get_session_options()
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert embedder.fixed_batch is None and embedder.lower_seconds > 0 and embedder.session_seconds > 0
     images = _pair_set(pairs=3)[0]
     one_batch = extract_embeddings(embedder, images, batch_size=6)
