@@ -147,15 +147,22 @@ class OnnxEmbedder:
     @classmethod
     def from_network(cls, net, threads=None, layout="cells", spinning=True):
         """Embedder over the current parameters of a ``symbols.get_model`` network (see
-        :func:`network_to_onnx`); ``threads`` and ``spinning`` as for the constructor. Sets ``lower_seconds`` (lowering and
-        ONNX conversion) and ``session_seconds`` (ONNX Runtime session creation) on the embedder."""
+        :func:`network_to_onnx`); ``threads`` and ``spinning`` as for the constructor.
+
+        Sets on the embedder: ``lower_seconds`` (lowering and ONNX conversion), ``session_seconds`` (ONNX
+        Runtime session creation) and ``graph_signature`` (the operator types in order: it changes when the
+        lowering emits a different graph, e.g. another PReLU form, and not when only weights change).
+        """
         begin = time.perf_counter()
         model = network_to_onnx(net, layout)
+        signature = tuple(node.op_type for node in model.graph.node)
+        model = model.SerializeToString()
         lowered = time.perf_counter()
         embedder = cls(model, threads=threads, name=f"{getattr(net, 'name', 'network')} (folded deploy graph)",
                        spinning=spinning)
         embedder.lower_seconds = lowered - begin
         embedder.session_seconds = time.perf_counter() - lowered
+        embedder.graph_signature = signature
         return embedder
 
     def __call__(self, x):
@@ -225,7 +232,7 @@ def default_threads():
 
 
 def network_to_onnx(net, layout="cells"):
-    """Serialized ONNX model (bytes) of a ``symbols.get_model`` network's current parameters.
+    """ONNX model (``onnx.ModelProto``) of a ``symbols.get_model`` network's current parameters.
 
     Lowered with ``symbols.deploy.build_deploy_graph`` (BatchNorm folded into the convolutions, channel
     shuffle absorbed; ``layout`` as there, ``cells`` is the fastest at batch sizes above 1), converted with
@@ -234,17 +241,19 @@ def network_to_onnx(net, layout="cells"):
     block it does not know).
     """
     from symbols.deploy import build_deploy_graph
-    return build_deploy_graph(net, layout).to_onnx(dynamic_batch=True).SerializeToString()
+    return build_deploy_graph(net, layout).to_onnx(dynamic_batch=True)
 
 
 def parity_difference(reference, candidate):
-    """Max abs difference of two ``(N, D)`` embedding arrays relative to the reference's scale
-    (``max|ref - cand| / max(1, max|ref|)``); inf when the shapes differ or values are not finite."""
+    """Max abs difference of two ``(N, D)`` embedding arrays relative to the reference's largest value
+    (``max|ref - cand| / max|ref|``: an untrained network's embeddings can be 1e-8 small); inf when the
+    shapes differ or a value is not finite, the plain max abs difference when the reference is all zero."""
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
     if reference.shape != candidate.shape:
         return float("inf")
-    diff = np.abs(reference - candidate).max() / max(1.0, float(np.abs(reference).max()))
+    scale = float(np.abs(reference).max())
+    diff = np.abs(reference - candidate).max() / (scale if scale > 0 else 1.0)
     return float(diff) if np.isfinite(diff) else float("inf")
 
 

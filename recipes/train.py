@@ -317,10 +317,10 @@ class Verifier:
     - ``onnxruntime``: at each evaluation the live backbone's current parameters are lowered to the folded
       deploy graph (``symbols.deploy``: BatchNorm folded, shuffle absorbed), converted to ONNX in memory and
       run by ONNX Runtime with one intra-op thread per core of the run (not busy-waiting: robust to a competing
-      process). The model is first checked against an
-      imperative copy of the network (same parameters) on a few of the set's images; a network the lowering
-      cannot handle, or a difference above ``eval.verification.PARITY_TOLERANCE``, switches the run to
-      ``mxnet`` with one warning line in the log.
+      process). At the first evaluation, and whenever the lowering emits a different graph (another PReLU form,
+      say), the model is checked against an imperative copy of the network (same parameters) on a few of the
+      set's images; a network the lowering cannot handle, or a relative difference above
+      ``eval.verification.PARITY_TOLERANCE``, switches the run to ``mxnet`` with one warning line in the log.
     - ``mxnet``: a second instance of the network, hybridized for inference (oneDNN-fused on CPU), into
       which the training parameters are copied before each evaluation.
 
@@ -337,6 +337,7 @@ class Verifier:
         self.backend = resolve_backend(cfg.get("eval_backend", "auto"), [context])
         self.net = None        # oneDNN-fused MXNet copy (mxnet backend)
         self.reference = None  # imperative CPU copy (the onnxruntime parity check)
+        self.checked_graph = None  # graph signature the last parity check passed with
         self.last = {}
 
     def _copy_params(self, backbone, net):
@@ -355,11 +356,15 @@ class Verifier:
         return self.net
 
     def _onnx_embedder(self, backbone):
-        """ONNX Runtime embedder of the backbone's current parameters, checked against the network."""
+        """ONNX Runtime embedder of the backbone's current parameters, checked against the network when its
+        graph is new."""
         from datasets import normalize
         from eval.verification import PARITY_TOLERANCE, OnnxEmbedder, default_threads, parity_difference
         with self.context:  # parameters on several devices are read from this one
             embedder = OnnxEmbedder.from_network(backbone, threads=default_threads(), spinning=False)
+        self.last.update(lower_seconds=embedder.lower_seconds, session_seconds=embedder.session_seconds)
+        if embedder.graph_signature == self.checked_graph:
+            return embedder
         tic = time.perf_counter()
         if self.reference is None:
             self.reference = build_backbone(self.cfg)
@@ -372,8 +377,8 @@ class Verifier:
         if not difference <= PARITY_TOLERANCE:
             raise ValueError(f"its embeddings differ from the network's by {difference:.3g} (relative, "
                              f"tolerance {PARITY_TOLERANCE:g})")
-        self.last.update(lower_seconds=embedder.lower_seconds, session_seconds=embedder.session_seconds,
-                         check_seconds=time.perf_counter() - tic)
+        self.checked_graph = embedder.graph_signature
+        self.last.update(check_seconds=time.perf_counter() - tic, check_difference=difference)
         return embedder
 
     def embedder(self, backbone):

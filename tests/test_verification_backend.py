@@ -217,6 +217,38 @@ def test_parameters_on_several_devices_are_lowered(pair_sets):
     assert {"lower_seconds", "session_seconds", "check_seconds", "prepare_seconds"} <= set(verifier.last)
 
 
+def test_parity_check_runs_again_only_when_the_graph_changes(pair_sets):
+    """Weights change every evaluation, the graph rarely: the check runs on the first evaluation and when the
+    lowering emits other operators (here each of ONNX Runtime's PReLU forms: mixed, min for slopes >= 1, max
+    for slopes <= 1), and passes for all of them."""
+    cfg = _cfg("mobilefacenet", "onnxruntime")
+    net = _trained_like(cfg)
+    logger, handler = _logger("signature")
+    verifier = train.Verifier(cfg, pair_sets, mx.cpu(), logger=logger)
+    verifier.embedder(net)
+    assert "check_seconds" in verifier.last and verifier.last["check_difference"] < 1e-5
+    first = verifier.checked_graph
+    verifier.embedder(net)
+    assert "check_seconds" not in verifier.last and verifier.checked_graph == first
+    alphas = [p for name, p in net.collect_params().items() if name.endswith("alpha")]
+    for low, high in ((1.0, 1.5), (0.0, 1.0)):
+        for param in alphas:
+            param.set_data(mx.nd.array(np.random.RandomState(3).uniform(low, high, param.shape)))
+        embedder = verifier.embedder(net)
+        assert isinstance(embedder, OnnxEmbedder) and "check_seconds" in verifier.last
+        assert verifier.checked_graph != first and verifier.last["check_difference"] < 1e-5
+        first = verifier.checked_graph
+    assert handler.lines == []
+
+
+def test_parity_difference_is_relative():
+    reference = np.array([[1e-8, -2e-8]])
+    assert verification.parity_difference(reference, reference * (1 + 1e-6)) < 1e-5
+    assert verification.parity_difference(reference, reference + 1e-8) == pytest.approx(0.5)
+    assert verification.parity_difference(reference, reference[:, :1]) == float("inf")
+    assert verification.parity_difference(reference, reference * np.nan) == float("inf")
+
+
 def test_evaluate_logs_the_backend_and_time(pair_sets):
     cfg = _cfg("mobilefacenet", "auto")
     net = _trained_like(cfg)
