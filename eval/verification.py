@@ -4,6 +4,8 @@ Library use (the training callback and the command line share these functions)::
 
     sets = load_sets(data_dir, ['lfw', 'cfp_fp'])            # {name: (images uint8 NHWC, issame)}
     results = verify_sets(net, sets, ctx=[mx.cpu()])         # {name: evaluate(...) dict + images_per_sec}
+    fast = OnnxEmbedder.from_network(net, threads=2)         # same embeddings via ONNX Runtime (folded graph)
+    results = verify_sets(fast, sets)
 
 Command line::
 
