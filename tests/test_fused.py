@@ -168,3 +168,19 @@ def test_training_switch_auto_on_off():
     with pytest.raises(ValueError, match="auto, on or off"):
         use_fused_ops(net, {"fused_ops": "yes"}, [mx.cpu()])
     assert use_fused_ops(net, {"fused_ops": "auto"}, [mx.cpu()]) is True and marked(net) == 1
+
+
+def test_disabled_library_leaves_standard_operators():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import mxnet as mx, symbols\n"
+            "from recipes.train import use_fused_ops\n"
+            "net = symbols.get_model('seesaw_shuffle', emb_size=32)\n"
+            "print(symbols.fused.available(), use_fused_ops(net, {'fused_ops': 'auto'}, [mx.cpu()]))\n"
+            "print(symbols.fused.unavailable_reason())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          env=dict(os.environ, SEESAWFACE_FUSED="0", PYTHONPATH=root))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["False False", "disabled by SEESAWFACE_FUSED=0"]
