@@ -470,6 +470,24 @@ def _horovod():
     return hvd
 
 
+def choose_engine(contexts, distributed):
+    """Pick MXNet's execution engine for this run (before the first operator runs; the engine is created then).
+
+    One CPU device and no kvstore between processes: ``NaiveEngine``, which runs every operator in the calling
+    thread. The threaded engine's worker threads only compete with the operators' own OpenMP threads for the
+    cores there (measured, seesaw_shuffle batch 32 on 2 cores: 30–31 → 38–39 samples/s, system time 8.8 → 3.8 s
+    per 20 steps). GPUs, several devices or a distributed kvstore keep the threaded engine, which overlaps
+    devices and communication. ``MXNET_ENGINE_TYPE`` set by the user always wins. Returns the engine's name.
+    """
+    chosen = os.environ.get("MXNET_ENGINE_TYPE")
+    if chosen:
+        return chosen
+    if len(contexts) == 1 and contexts[0].device_type == "cpu" and not distributed:
+        os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
+        return "NaiveEngine"
+    return "ThreadedEnginePerDevice"
+
+
 def _kvstore(cfg, contexts):
     """(kvstore for the Trainer, rank, number of workers)."""
     kind = cfg["kvstore"]
@@ -524,8 +542,10 @@ def run(cli, extra_callbacks=()):
     if hvd is not None:  # one device per process
         contexts = [mx.gpu(hvd.local_rank())] if mx.context.num_gpus() > 0 else [mx.cpu()]
         kv, rank, num_workers = None, hvd.rank(), hvd.size()
+        engine = os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
     else:
         contexts = parse_contexts(cfg)
+        engine = choose_engine(contexts, cfg["kvstore"].startswith("dist"))
         kv, rank, num_workers = _kvstore(cfg, contexts)
     if global_batch is not None:
         per_device, rest = divmod(global_batch, len(contexts) * num_workers)
@@ -632,7 +652,7 @@ def run(cli, extra_callbacks=()):
     state.log(f"{cfg['network']}: {n_params / 1e6:.2f}M backbone parameters, {num_classes} classes, "
               f"{len(dataset)} images, {iters_per_epoch} steps/epoch of {state.global_batch} "
               f"({cfg['batch_size']} x {len(contexts)} device(s) x {num_workers} worker(s)), "
-              f"{cfg['num_epochs']} epochs, loss {cfg['loss']}, devices {contexts}")
+              f"{cfg['num_epochs']} epochs, loss {cfg['loss']}, devices {contexts}, engine {engine}")
     if rank == 0 and sets:
         state.log(f"verification sets: {', '.join(f'{n} ({len(s[1])} pairs)' for n, s in sets.items())}")
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()

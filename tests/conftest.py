@@ -9,3 +9,18 @@ os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 os.environ.setdefault("MXNET_CUDNN_AUTOTUNE_DEFAULT", "0")
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _keep_engine_choice():
+    """recipes.train.choose_engine sets MXNET_ENGINE_TYPE for one-CPU runs; a test that calls train.run must
+    not hand that setting to the processes later tests start (distributed workers keep the threaded engine)."""
+    before = os.environ.get("MXNET_ENGINE_TYPE")
+    yield
+    if before is None:
+        os.environ.pop("MXNET_ENGINE_TYPE", None)
+    else:
+        os.environ["MXNET_ENGINE_TYPE"] = before

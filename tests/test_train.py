@@ -208,3 +208,47 @@ def test_command_line_reports_bad_input_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=root)
     assert proc.returncode == 2
     assert "error: --data-dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_engine_choice():
+    env = os.environ
+    env.pop("MXNET_ENGINE_TYPE", None)  # restored by conftest
+    assert train.choose_engine([mx.cpu()], distributed=False) == "NaiveEngine"
+    assert env["MXNET_ENGINE_TYPE"] == "NaiveEngine"
+    for contexts, distributed in (([mx.cpu(0), mx.cpu(1)], False), ([mx.gpu(0)], False), ([mx.cpu()], True)):
+        env.pop("MXNET_ENGINE_TYPE", None)
+        assert train.choose_engine(contexts, distributed) == "ThreadedEnginePerDevice"
+        assert "MXNET_ENGINE_TYPE" not in env
+    env["MXNET_ENGINE_TYPE"] = "ThreadedEngine"  # the user's choice wins
+    assert train.choose_engine([mx.cpu()], distributed=False) == "ThreadedEngine"
+
+
+ENGINE_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+import mxnet as mx
+from recipes import train  # imports everything train.py's run() has imported before it chooses
+print(train.choose_engine([mx.cpu()], distributed={distributed}))
+try:
+    y = mx.nd.take(mx.nd.ones((3, 2)), mx.nd.array([5]), mode="raise")  # fails inside the operator
+    print("deferred")  # the threaded engine reports the failure at the next wait
+    y.wait_to_read()
+except mx.MXNetError:
+    print("raised")
+"""
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_chosen_engine_is_the_one_mxnet_uses(distributed):
+    """The engine is created lazily: importing the recipe must not create it before choose_engine runs."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "MXNET_ENGINE_TYPE"}
+    proc = subprocess.run([sys.executable, "-c", ENGINE_PROBE.format(root=root, distributed=distributed)],
+                          capture_output=True, text=True, env=env, cwd=root)
+    lines = proc.stdout.split()
+    if distributed:
+        assert lines == ["ThreadedEnginePerDevice", "deferred", "raised"], proc.stdout + proc.stderr
+    else:
+        assert lines == ["NaiveEngine", "raised"], proc.stdout + proc.stderr

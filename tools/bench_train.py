@@ -45,9 +45,12 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True):
     from recipes.optim import build_trainer
     from recipes.train import TrainState, build_backbone, hybridize_backbone, train_step
 
+    from recipes.train import choose_engine
+
     cfg = config.resolve({"network": network, "data_dir": "unused", "batch_size": batch_size,
                           "hybridize": hybridize})
     ctx = [mx.cpu()]
+    engine = choose_engine(ctx, distributed=False)  # as recipes/train.py
     mx.random.seed(0)
     backbone = build_backbone(cfg)
     symbols.init_model(backbone, ctx)
@@ -72,7 +75,7 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True):
     images = steps * batch_size
     return {"network": network, "hybridize": hybridize, "fused": fused, "batch_size": batch_size, "steps": steps,
             "samples_per_sec": images / wall, "samples_per_cpu_sec": images / cpu,
-            "cores": os.cpu_count(), "peak_rss_gb": peak_rss_gb()}
+            "cores": os.cpu_count(), "peak_rss_gb": peak_rss_gb(), "engine": engine}
 
 
 def build_parser():
@@ -83,6 +86,8 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph building)")
     parser.add_argument("--hybridize", default="plain", help="comma-separated modes: none, plain, alloc, static")
     parser.add_argument("--fused", default="on", help="comma-separated: on (symbols.fused operators), off")
+    parser.add_argument("--engine", default="auto",
+                        help="comma-separated: auto (as train.py: NaiveEngine on one CPU device), threaded")
     parser.add_argument("--classes", type=int, default=1000, help="identities of the ArcFace head")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="OMP_NUM_THREADS and MXNET_CPU_WORKER_NTHREADS unless already set (as train.py)")
@@ -107,22 +112,30 @@ def main(argv=None):
     fused_modes = [m.strip() for m in args.fused.split(",") if m.strip()]
     if set(fused_modes) - {"on", "off"}:
         raise ValueError(f"--fused takes on and/or off, got {args.fused!r}")
+    engines = [e.strip() for e in args.engine.split(",") if e.strip()]
+    if set(engines) - {"auto", "threaded"}:
+        raise ValueError(f"--engine takes auto and/or threaded, got {args.engine!r}")
     results = []
-    print(f"{'network':<16} {'mode':<7} {'fused':<5} {'batch':>5} {'samples/s':>10} {'per CPU-s':>10} {'peak GB':>8}",
+    print(f"{'network':<16} {'mode':<7} {'fused':<5} {'engine':<24} {'batch':>5} {'samples/s':>10} "
+          f"{'per CPU-s':>10} {'peak GB':>8}",
           flush=True)
-    for network, mode, fused in [(n, m, f) for n in networks for m in modes for f in fused_modes]:
+    for network, mode, fused, engine in [(n, m, f, e) for n in networks for m in modes for f in fused_modes
+                                         for e in engines]:
         cmd = [sys.executable, os.path.abspath(__file__), "--_one", f"{network}:{mode}:{fused}", "--batch-size",
                str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--classes", str(args.classes)]
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(args.threads))  # as recipes/train.py sets them
         env.setdefault("MXNET_CPU_WORKER_NTHREADS", str(args.threads))
+        if engine == "threaded":
+            env["MXNET_ENGINE_TYPE"] = "ThreadedEnginePerDevice"
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"{network}/{mode} failed: {proc.stderr.strip().splitlines()[-1:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(result)
-        print(f"{network:<16} {mode:<7} {fused:<5} {args.batch_size:>5} {result['samples_per_sec']:>10.1f} "
+        print(f"{network:<16} {mode:<7} {fused:<5} {result['engine']:<24} {args.batch_size:>5} "
+              f"{result['samples_per_sec']:>10.1f} "
               f"{result['samples_per_cpu_sec']:>10.1f} {result['peak_rss_gb']:>8.2f}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
