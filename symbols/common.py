@@ -39,6 +39,34 @@ class PReLU(nn.PReLU):
         return F.LeakyReLU(x, gamma=alpha, act_type="prelu", name="fwd")
 
 
+class BatchNorm(nn.BatchNorm):
+    """``gluon.nn.BatchNorm`` (same parameters and standard graph) that can also apply the swish after it.
+
+    With ``swish=True`` and fused operators enabled (:mod:`symbols.fused`) the block computes
+    ``swish(BatchNorm(x))`` in one ``seesaw_bn_swish`` operator: batch statistics and running-statistic updates as
+    ``BatchNorm`` in training, running statistics in inference, and no BatchNorm output kept for the backward.
+    Otherwise (or under :func:`symbols.fused.standard_ops`) it is plain ``BatchNorm`` and the caller applies the
+    activation; :meth:`applies_swish` says which graph is being traced.
+    """
+
+    def __init__(self, swish=False, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_fused_ops = bool(swish)
+
+    def applies_swish(self):
+        """Whether the graph traced now includes the swish (fused operators active for this block)."""
+        return self.supports_fused_ops and fused.active(self)
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        if not self.applies_swish():
+            return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+        # lib_api operators are not told whether MXNet runs in training mode; Dropout is: exactly 1 in inference,
+        # 0 or 2 in training
+        is_train = F.Dropout(F.ones(shape=(1,)), p=0.5)
+        return F.seesaw_bn_swish(x, gamma, beta, running_mean, running_var, is_train, eps=self._kwargs["eps"],
+                                 momentum=self._kwargs["momentum"])[0]
+
+
 def make_activation(act, channels, prefix):
     """Activation block by name: ``'swish'``, per-channel ``'prelu'`` (slope 0.25), ``'relu'``."""
     if act == "swish":
@@ -51,7 +79,8 @@ def make_activation(act, channels, prefix):
 
 
 class ConvBNAct(HybridBlock):
-    """Conv (no bias) → BatchNorm → activation; ``act=None`` gives the Linear block (SPEC §1).
+    """Conv (no bias) → BatchNorm → activation; ``act=None`` gives the Linear block (SPEC §1). BatchNorm + swish
+    is one ``seesaw_bn_swish`` operator when fused operators are enabled (:class:`BatchNorm`).
 
     Shapes: (N, in_channels, H, W) → (N, channels, H/stride, W/stride).
     """
@@ -61,12 +90,15 @@ class ConvBNAct(HybridBlock):
         with self.name_scope():
             self.conv = nn.Conv2D(channels, kernel, strides=stride, padding=pad, groups=groups, use_bias=False,
                                   in_channels=in_channels, prefix="conv_")
-            self.bn = nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, in_channels=channels, prefix="bn_")
+            self.bn = BatchNorm(swish=act == "swish", momentum=BN_MOMENTUM, epsilon=BN_EPSILON, in_channels=channels,
+                                prefix="bn_")
             self.act = make_activation(act, channels, "act_") if act else None
 
     def hybrid_forward(self, F, x):
         x = self.bn(self.conv(x))
-        return self.act(x) if self.act is not None else x
+        if self.act is None or self.bn.applies_swish():  # seesaw_bn_swish applied the swish
+            return x
+        return self.act(x)
 
 
 def depthwise(channels, stride=1, act="swish", kernel=3, pad=1, prefix=None):

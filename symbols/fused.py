@@ -4,9 +4,11 @@ MXNet 1.9.1 on CPU spends most of a Seesaw/MobileFaceNet training step outside t
 ``sigmoid`` + ``mul`` (five passes over the feature map with its backward), the SE gate's ``broadcast_mul``
 (whose backward reduces with a slow generic kernel), ``LeakyReLU(prelu)`` (its backward alone was 75% of a
 MobileFaceNet step), the concat + reshape/``SwapAxis``/reshape of the channel shuffle, and the uneven channel
-splits (``slice_axis`` pairs; ``split_v2`` is slower still). The library replaces each with one forward and one
-backward pass (``seesaw_swish``, ``seesaw_scale``, ``seesaw_prelu``, ``seesaw_concat_shuffle``,
-``seesaw_split``) computing the same values (tests/test_fused.py compares outputs and gradients).
+splits (``slice_axis`` pairs; ``split_v2`` is slower still), and BatchNorm followed by swish (whose BatchNorm output
+is kept for the swish backward). The library replaces each with one forward and one backward pass
+(``seesaw_swish``, ``seesaw_scale``, ``seesaw_prelu``, ``seesaw_concat_shuffle``, ``seesaw_split``,
+``seesaw_bn_swish``) computing the same values, BatchNorm running statistics included (tests/test_fused.py
+compares outputs, gradients and statistics).
 
 Usage (``recipes/train.py`` does this for CPU training)::
 
@@ -30,7 +32,7 @@ import threading
 import warnings
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "seesaw_ops.cc")
-OPS = ("seesaw_swish", "seesaw_prelu", "seesaw_scale", "seesaw_concat_shuffle", "seesaw_split")
+OPS = ("seesaw_swish", "seesaw_prelu", "seesaw_scale", "seesaw_concat_shuffle", "seesaw_split", "seesaw_bn_swish")
 FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", "-ffast-math"]
 
 _lock = threading.Lock()

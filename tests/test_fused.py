@@ -87,11 +87,82 @@ def test_split_matches_two_slices(point):
         np.testing.assert_array_equal(got, want)
 
 
+def _bn_swish_step(on, train_mode, hybridize, x, head):
+    """Output, gradients of x, gamma, beta and the running statistics after one recorded step of
+    ``symbols.common.BatchNorm(swish=True)`` (fused: one seesaw_bn_swish) or ``nn.BatchNorm`` + x*sigmoid(x)."""
+    channels = x.shape[1]
+    if on:
+        block = symbols.common.BatchNorm(swish=True, momentum=0.9, epsilon=1e-5, in_channels=channels, prefix="bn_")
+        assert fused.enable(block) == 1
+    else:
+        block = mx.gluon.nn.HybridSequential(prefix="")
+        block.add(mx.gluon.nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=channels, prefix="bn_"),
+                  symbols.common.Swish(prefix="act_"))
+    block.initialize()
+    rng = np.random.RandomState(9)
+    params = {k: p for k, p in block.collect_params().items()}
+    for name, value in (("gamma", rng.uniform(0.5, 1.5, channels)), ("beta", rng.normal(size=channels)),
+                        ("running_mean", rng.normal(size=channels)), ("running_var", rng.uniform(0.5, 2, channels))):
+        params[f"bn_{name}"].set_data(mx.nd.array(value))
+    if hybridize:
+        block.hybridize()
+    data = mx.nd.array(x)
+    data.attach_grad()
+    with autograd.record(train_mode=train_mode):
+        out = block(data)
+    out.backward(mx.nd.array(head))
+    return {"out": out.asnumpy(), "dx": data.grad.asnumpy(), "dgamma": params["bn_gamma"].grad().asnumpy(),
+            "dbeta": params["bn_beta"].grad().asnumpy(), "running_mean": params["bn_running_mean"].data().asnumpy(),
+            "running_var": params["bn_running_var"].data().asnumpy(),
+            "predict": block(data).asnumpy()}  # plain inference call after the step
+
+
+@pytest.mark.parametrize("train_mode", [True, False], ids=["train", "inference"])
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_bn_swish_matches_batchnorm_then_swish(train_mode, hybridize):
+    rng = np.random.RandomState(10)
+    # channel means far from zero and unequal scales: the variance must not lose precision
+    x = (rng.normal(size=(5, 6, 7, 9)) * rng.uniform(0.1, 3, (1, 6, 1, 1)) + rng.normal(0, 20, (1, 6, 1, 1)))
+    x = x.astype(np.float32)
+    head = rng.normal(size=x.shape).astype(np.float32)
+    got = _bn_swish_step(True, train_mode, hybridize, x, head)
+    want = _bn_swish_step(False, train_mode, hybridize, x, head)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4 * np.abs(want[key]).max(), err_msg=key)
+    if not train_mode:  # inference: running statistics used, not updated
+        np.testing.assert_array_equal(got["running_mean"], _bn_swish_step(True, False, False, x, head)["running_mean"])
+
+
+def test_bn_swish_follows_the_mode_of_a_hybridized_network():
+    """One cached graph serves training and inference calls: the operator must read the mode when it runs."""
+    net = symbols.common.ConvBNAct(3, 8, 3, 1, 1, act="swish", prefix="block_")
+    net.initialize()
+    fused.enable(net)
+    net.hybridize()
+    x = mx.nd.array(np.random.RandomState(11).normal(3, 2, (4, 3, 9, 9)))
+    before = net.bn.running_mean.data().asnumpy().copy()
+    net(x)  # inference first: the graph is traced in predict mode and must not touch the statistics
+    np.testing.assert_array_equal(net.bn.running_mean.data().asnumpy(), before)
+    with autograd.record():
+        net(x)
+    moved = net.bn.running_mean.data().asnumpy()
+    assert np.abs(moved - before).max() > 1e-3
+    reference = symbols.common.ConvBNAct(3, 8, 3, 1, 1, act="swish", prefix="block_")  # standard operators
+    reference.initialize()
+    for name, param in net.collect_params().items():
+        reference.collect_params()[name].set_data(param.data())
+    np.testing.assert_allclose(net(x).asnumpy(), reference(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_shapes_raise_clear_errors():
     with pytest.raises(mx.base.MXNetError, match="alpha"):
         mx.nd.seesaw_prelu(mx.nd.ones((2, 3, 4, 4)), mx.nd.ones((4,))).wait_to_read()
     with pytest.raises(mx.base.MXNetError, match="point"):
         mx.nd.seesaw_split(mx.nd.ones((2, 3, 4, 4)), point=3)[0].wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="running_var must be"):
+        ones = mx.nd.ones((3,))
+        mx.nd.seesaw_bn_swish(mx.nd.ones((2, 3, 4, 4)), ones, ones, ones, mx.nd.ones((4,)), mx.nd.ones((1,)))[0]\
+            .wait_to_read()
 
 
 def _net_step(name, on, mode, batch=4):

@@ -9,6 +9,9 @@
 //                           = channel shuffle of concat(a, b) on axis 1: output channel i*g + j is input
 //                             channel j*(C/g) + i
 //   seesaw_split(x, point=k) = (x[:, :k], x[:, k:])                (two slice_axis, or split_v2: both slow)
+//   seesaw_bn_swish(x, gamma, beta, running_mean, running_var, is_train)
+//                           = swish(BatchNorm(x)) (BatchNorm + Activation + elemwise_mul; the BatchNorm output is
+//                             not kept: the backward recomputes it from x and the saved mean and 1/std)
 // Inputs are float32, laid out (N, C, ...) with C the second axis. Forward and backward are single passes,
 // parallel over (n, c) planes with OpenMP; per-channel reductions are summed in double per plane.
 #include <algorithm>
@@ -359,6 +362,189 @@ MXReturnValue split_backward(const Attrs& attrs, std::vector<MXTensor>* in, std:
   return MX_SUCCESS;
 }
 
+// ------------------------------------------------------------------------------------------- batchnorm + swish
+//
+// inputs:  x (N, C, ...), gamma (C,), beta (C,), running_mean (C,), running_var (C,) [both mutated], is_train (1,)
+// outputs: y = swish(gamma * (x - mean) / sqrt(var + eps) + beta), mean (C,), invstd (C,) (saved for backward)
+// attrs:   eps, momentum
+//
+// lib_api gives an operator no training flag (fcomp_t sees attributes, tensors and resources only), so the mode
+// arrives as an input: Dropout(ones(1), p=0.5) is exactly 1 in inference and 0 or 2 in training (symbols/common.py).
+// Training: batch statistics (biased variance, as MXNet's BatchNorm normalises with and stores), running
+// statistics updated as MXNet's: running = running * momentum + batch * (1 - momentum). Inference: running
+// statistics, nothing updated. Each channel's data (N * H * W floats, <= 800 KB at batch 64 and 56x56) is read
+// once from memory and its later passes come from the core's cache.
+
+double attr_double(const Attrs& attrs, const char* key, double fallback) {
+  auto it = attrs.find(key);
+  return it == attrs.end() ? fallback : std::stod(it->second);
+}
+
+MXReturnValue attrs_bn_swish(const Attrs&, int* num_in, int* num_out) {
+  *num_in = 6;
+  *num_out = 3;
+  return MX_SUCCESS;
+}
+
+MXReturnValue mutate_bn_swish(const Attrs&, std::vector<int>* input_indices) {
+  input_indices->push_back(3);
+  input_indices->push_back(4);
+  return MX_SUCCESS;
+}
+
+MXReturnValue type_bn_swish(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  for (int t : *in)
+    if (t != kFloat32) return fail("seesaw_bn_swish", "only float32 inputs are supported");
+  for (auto& t : *out) t = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_bn_swish(const Attrs&, std::vector<std::vector<unsigned int>>* in,
+                             std::vector<std::vector<unsigned int>>* out) {
+  const auto& x = (*in)[0];
+  if (x.size() < 2) return fail("seesaw_bn_swish", "x must be (N, C, ...)");
+  for (int i = 1; i <= 4; ++i)
+    if ((*in)[i].size() != 1 || (*in)[i][0] != x[1])
+      return fail("seesaw_bn_swish", "gamma, beta, running_mean and running_var must be (C,)");
+  if ((*in)[5].size() != 1 || (*in)[5][0] != 1) return fail("seesaw_bn_swish", "is_train must be (1,)");
+  (*out)[0] = x;
+  (*out)[1] = (*out)[2] = std::vector<unsigned int>{x[1]};
+  return MX_SUCCESS;
+}
+
+// Sum of x over channel c, and sum of (x - shift)^2; per-plane float sums added in double.
+void channel_moments(const float* x, const Planes& p, int64_t c, float shift, double* sum, double* sq) {
+  double s1 = 0.0, s2 = 0.0;
+  for (int64_t n = 0; n < p.n; ++n) {
+    const float* xp = x + (n * p.c + c) * p.s;
+    float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
+    for (int64_t i = 0; i < p.s; ++i) {
+      const float d = xp[i] - shift;
+      a1 += xp[i];
+      a2 += d * d;
+    }
+    s1 += a1;
+    s2 += a2;
+  }
+  *sum = s1;
+  *sq = s2;
+}
+
+MXReturnValue bn_swish_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                               const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_bn_swish", "float32 only");
+  const Planes p = planes_of((*in)[0]);
+  const float* x = (*in)[0].data<float>();
+  const float* gamma = (*in)[1].data<float>();
+  const float* beta = (*in)[2].data<float>();
+  float* running_mean = (*in)[3].data<float>();
+  float* running_var = (*in)[4].data<float>();
+  const bool train = (*in)[5].data<float>()[0] != 1.0f;
+  float* y = (*out)[0].data<float>();
+  float* mean_out = (*out)[1].data<float>();
+  float* invstd_out = (*out)[2].data<float>();
+  const float eps = static_cast<float>(attr_double(attrs, "eps", 1e-5));
+  const float momentum = static_cast<float>(attr_double(attrs, "momentum", 0.9));
+  const double count = static_cast<double>(p.n * p.s);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < p.c; ++c) {
+    float mean, var;
+    if (train) {
+      double sum, sq;
+      channel_moments(x, p, c, 0.0f, &sum, &sq);
+      mean = static_cast<float>(sum / count);
+      channel_moments(x, p, c, mean, &sum, &sq);  // two-pass variance: no cancellation (data now in cache)
+      var = static_cast<float>(sq / count);
+      running_mean[c] = running_mean[c] * momentum + mean * (1.0f - momentum);
+      running_var[c] = running_var[c] * momentum + var * (1.0f - momentum);
+    } else {
+      mean = running_mean[c];
+      var = running_var[c];
+    }
+    const float invstd = 1.0f / std::sqrt(var + eps);
+    const float scale = gamma[c] * invstd, shift = beta[c] - mean * scale;
+    for (int64_t n = 0; n < p.n; ++n) {
+      const float* xp = x + (n * p.c + c) * p.s;
+      float* yp = y + (n * p.c + c) * p.s;
+#pragma omp simd
+      for (int64_t i = 0; i < p.s; ++i) {
+        const float h = xp[i] * scale + shift;
+        yp[i] = h * sigmoidf(h);
+      }
+    }
+    mean_out[c] = mean;
+    invstd_out[c] = invstd;
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dy, dmean, dinvstd, x, gamma, beta, running_mean, running_var, is_train, y, mean, invstd
+// outputs: dx, dgamma, dbeta, then (if MXNet asks for them) zero gradients of the statistics and the flag.
+// The gradients of the mean and invstd outputs are ignored: they are saved state, not results.
+// As MXNet's BatchNorm (native and oneDNN, 1.9.1), the backward always takes the statistics as functions of x,
+// also after an inference-mode forward (autograd.record(train_mode=False)), where they were the running ones.
+MXReturnValue bn_swish_backward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                const OpResource&) {
+  const Planes p = planes_of((*in)[3]);
+  const float* dy = (*in)[0].data<float>();
+  const float* x = (*in)[3].data<float>();
+  const float* gamma = (*in)[4].data<float>();
+  const float* beta = (*in)[5].data<float>();
+  const float* mean = (*in)[10].data<float>();
+  const float* invstd = (*in)[11].data<float>();
+  float* dx = (*out)[0].data<float>();
+  float* dgamma = (*out)[1].data<float>();
+  float* dbeta = (*out)[2].data<float>();
+  const double count = static_cast<double>(p.n * p.s);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < p.c; ++c) {
+    const float mu = mean[c], is = invstd[c];
+    const float scale = gamma[c] * is, shift = beta[c] - mu * scale;
+    // pass 1: dh = dL/d(BatchNorm output), its sum (dbeta) and its sum against x - mean
+    double sum_dh = 0.0, sum_dh_xc = 0.0;
+    for (int64_t n = 0; n < p.n; ++n) {
+      const int64_t off = (n * p.c + c) * p.s;
+      const float* xp = x + off;
+      const float* dyp = dy + off;
+      float a = 0.0f, b = 0.0f;
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t i = 0; i < p.s; ++i) {
+        const float h = xp[i] * scale + shift;
+        const float s = sigmoidf(h);
+        const float dh = dyp[i] * (s + h * s * (1.0f - s));
+        a += dh;
+        b += dh * (xp[i] - mu);
+      }
+      sum_dh += a;
+      sum_dh_xc += b;
+    }
+    dbeta[c] = static_cast<float>(sum_dh);
+    dgamma[c] = static_cast<float>(sum_dh_xc * is);
+    // pass 2: dx = scale * (dh - mean(dh) - z * mean(dh * z))
+    const float k1 = static_cast<float>(-scale * is * is * sum_dh_xc / count);
+    const float k0 = static_cast<float>(-scale * sum_dh / count) - mu * k1;
+    for (int64_t n = 0; n < p.n; ++n) {
+      const int64_t off = (n * p.c + c) * p.s;
+      const float* xp = x + off;
+      const float* dyp = dy + off;
+      float* dxp = dx + off;
+#pragma omp simd
+      for (int64_t i = 0; i < p.s; ++i) {
+        const float h = xp[i] * scale + shift;
+        const float s = sigmoidf(h);
+        const float dh = dyp[i] * (s + h * s * (1.0f - s));
+        dxp[i] = dh * scale + k0 + xp[i] * k1;
+      }
+    }
+  }
+  for (size_t i = 3; i < out->size(); ++i) {
+    float* g = (*out)[i].data<float>();
+    std::fill(g, g + (*out)[i].size(), 0.0f);
+  }
+  return MX_SUCCESS;
+}
+
 }  // namespace
 
 REGISTER_OP(seesaw_swish)
@@ -395,6 +581,14 @@ REGISTER_OP(seesaw_split)
     .setInferShape(shape_split)
     .setForward(split_forward, "cpu")
     .setBackward(split_backward, "cpu");
+
+REGISTER_OP(seesaw_bn_swish)
+    .setParseAttrs(attrs_bn_swish)
+    .setMutateInputs(mutate_bn_swish)
+    .setInferType(type_bn_swish)
+    .setInferShape(shape_bn_swish)
+    .setForward(bn_swish_forward, "cpu")
+    .setBackward(bn_swish_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   if (version >= 10900) return MX_SUCCESS;
