@@ -62,19 +62,68 @@ def test_mismatch_is_refused_and_nothing_written(source, tmp_path):
     assert not os.path.exists(tmp_path / "model.onnx")
 
 
-def test_int8_quantizes_and_checks_cosine(tmp_path, monkeypatch):
+ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "seesaw_shuffle_default_run.npz")
+
+
+@pytest.fixture(scope="module")
+def trained_net():
+    """The default run's seesaw_shuffle (README: 96.8% mean verification after 3 epochs), weights stored as
+    float16 in tests/assets. INT8 only behaves as in deployment on trained weights: randomly initialised or
+    briefly trained networks lose most of their embedding to INT8 (per-image cosine 0.1-0.9 measured)."""
+    import symbols
+
+    net = symbols.get_model("seesaw_shuffle")
+    symbols.init_model(net)
+    with np.load(ASSET) as arrays:
+        for name, param in net.collect_params().items():
+            param.set_data(mx.nd.array(arrays[name].astype(np.float32)))
+    return net
+
+
+@pytest.fixture(scope="module")
+def generated_faces(tmp_path_factory):
+    """Training records and verification sets drawn like the default dataset (other identities)."""
+    from datasets import synthetic
+
+    folder = str(tmp_path_factory.mktemp("faces"))
+    synthetic.generate_dataset(folder, num_identities=16, images_per_identity=4, pairs_per_set=20,
+                               eval_identities=8, workers=1)
+    return folder
+
+
+def test_int8_keeps_every_embedding_of_a_trained_network(trained_net, generated_faces):
+    calib = export.load_images(os.path.join(generated_faces, "train.rec"), 64, seed=0)
+    probe = np.concatenate([export.load_images(os.path.join(generated_faces, f"{name}.bin"), 24, seed=1)
+                            for name in ("synth_lfw", "synth_cfp_fp", "synth_agedb_30")])
+    quantized = export.quantize_int8(trained_net, calib)
+    ops = {n["op"] for n in json.loads(quantized[0].tojson())["nodes"]}
+    assert "_sg_mkldnn_conv" in ops and any("quantize" in op for op in ops)
+    reference = trained_net(mx.nd.array(probe)).asnumpy()
+    stats = export.compare_embeddings(reference, export.run_block(export.int8_block(*quantized), probe))
+    assert stats["max_abs_diff"] > 1e-3  # really quantized
+    assert stats["min_cosine"] >= 0.99, stats  # every image
+
+
+def test_se_equalization_keeps_the_function(trained_net, generated_faces):
+    images = export.load_images(os.path.join(generated_faces, "train.rec"), 16, seed=2)
+    sym, args, aux = export.traced_symbol(trained_net)
+    eq_sym, eq_args, eq_aux = export.equalize_se_outputs(sym, args, aux, images)
+    gates = [n["name"] for n in json.loads(eq_sym.tojson())["nodes"] if n["name"].endswith("_equalize_gate")]
+    assert len(gates) == sum(n.endswith("_se_broadcast_mul0") for n in export._layer_names(sym)) > 0
+    scales = [eq_args[g[:-len("_gate")]].asnumpy() for g in gates]
+    assert max(float(s.max()) for s in scales) > 2  # channels were rescaled ...
+    out = export.run_block(export.symbol_block(eq_sym, eq_args, eq_aux, backend=None), images)
+    assert np.abs(out - trained_net(mx.nd.array(images)).asnumpy()).max() <= 1e-4  # ... the function was not
+
+
+def test_int8_export_refuses_a_bad_quantization(tmp_path, monkeypatch):
     net = _trained_like("mobilefacenet", seed=2)
     rng = np.random.RandomState(0)
     images = rng.normal(0, 0.6, (12, 3, 112, 112)).astype(np.float32)
     quantized = export.quantize_int8(net, images[:8])
-    ops = {n["op"] for n in json.loads(quantized[0].tojson())["nodes"]}
-    assert "_sg_mkldnn_conv" in ops and any("quantize" in op for op in ops)
-    block = export.int8_block(*quantized)
-    stats = export.compare_embeddings(net(mx.nd.array(images[8:])).asnumpy(), export.run_block(block, images[8:]))
-    assert 0.5 < stats["min_cosine"] < 1.0  # really quantized, and still the same function
     monkeypatch.setattr(export, "quantize_int8", lambda *args, **kwargs: quantized)
     with pytest.raises(export.ExportMismatch, match="cosine"):
-        export.export_int8(net, str(tmp_path / "int8"), images[:8], images[8:], min_cosine=1.01)
+        export.export_int8(net, str(tmp_path / "int8"), images[:8], images[8:], min_cosine=0.999)
     assert not os.path.exists(tmp_path / "int8-symbol.json")
 
 
