@@ -330,12 +330,24 @@ def format_table(result):
         thr = f"{r['throughput']:.0f}" + (f" ({ratio['throughput']:.2f})" if ratio else "")
         lines.append(f"| {r['network']} | {r['mode']} | {r['params'] / 1e6:.2f}M | {_madds(r)} | {lat} | "
                      f"{thr} | {r['gflops']:.1f} ({100 * r['matmul_fraction']:.0f}%) | {r['memory_mb']:.0f} |")
+    speedups = int8_speedups(result)
+    if speedups:
+        lines.append("")
+        lines.append(f"INT8 / fused fp32 batch-{batch} throughput: "
+                     + ", ".join(f"{name} {x:.2f}×" for name, x in speedups.items()))
     m = result["machine"]
     lines.append("")
     lines.append(f"{m['cpu']}, {m['cores']} cores; matrix multiply {result['matmul_gflops']['best']:.1f} GFLOP/s; "
                  f"{m['threads']} threads; load average {m['load_average'][0]:.2f} → {m['load_average_end'][0]:.2f}; "
                  f"MXNet {m['mxnet']}, ONNX Runtime {m['onnxruntime']}")
     return "\n".join(lines)
+
+
+def int8_speedups(result):
+    """{network: INT8 batch throughput / oneDNN-fused fp32 throughput} for networks measured in both modes."""
+    rows = {(r["network"], r["mode"]): r for r in result["rows"]}
+    return {name: rows[(name, "int8")]["throughput"] / rows[(name, "fused")]["throughput"]
+            for name, mode in rows if mode == "int8" and (name, "fused") in rows}
 
 
 def _madds(row):
