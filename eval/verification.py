@@ -547,6 +547,38 @@ def plot_roc(results, path):
 # command line
 
 
+def load_for_evaluation(spec, ctx, backend="auto", fuse=True):
+    """The command line's model: ``(embedder, description)``.
+
+    ``backend`` as :func:`resolve_backend`. With ONNX Runtime, a checkpoint of a registered network is
+    rebuilt as its Gluon network (``tools.export.load_source`` reads which one from the parameter names),
+    lowered to the folded ONNX graph (:meth:`OnnxEmbedder.from_network`) and checked against the checkpoint
+    run by MXNet on random images (:func:`parity_difference` ≤ ``PARITY_TOLERANCE``); a checkpoint that cannot
+    be rebuilt or lowered, or that differs, is evaluated with MXNet, and the reason is printed. ``.onnx``
+    files always run on ONNX Runtime.
+    """
+    mx = _mx()
+    ctxs = as_ctx_list(ctx)
+    net = load_model(spec, ctxs)
+    if isinstance(net, OnnxEmbedder):
+        return net, "onnxruntime"
+    if resolve_backend(backend, ctxs) == "onnxruntime":
+        try:
+            from tools.export import load_source
+
+            source, info = load_source(spec)
+            embedder = OnnxEmbedder.from_network(source, threads=default_threads())
+            probe = np.random.RandomState(0).uniform(-1, 1, (4, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+            diff = parity_difference(net(mx.nd.array(probe, ctx=ctxs[0])).asnumpy(), embedder(probe))
+            if diff <= PARITY_TOLERANCE:
+                return embedder, f"onnxruntime ({info['network']}, folded deploy graph, {default_threads()} threads)"
+            reason = f"the ONNX graph differs from the checkpoint (relative difference {diff:.1e})"
+        except (ValueError, KeyError, RuntimeError, ImportError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"note: evaluating with MXNet: {reason}", flush=True)
+    return prepare_for_inference(net, ctxs, fuse=fuse), ", ".join(str(c) for c in ctxs)
+
+
 def build_parser():
     import argparse
     parser = argparse.ArgumentParser(
@@ -559,6 +591,9 @@ def build_parser():
     parser.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1 (default: CPU)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-flip", action="store_true", help="embed the images only, not their flips")
+    parser.add_argument("--backend", default="auto", choices=EVAL_BACKENDS,
+                        help="auto: ONNX Runtime on CPU for checkpoints of this repository's networks (checked "
+                             "against MXNet first), else MXNet")
     parser.add_argument("--no-fuse", action="store_true",
                         help="on CPU, do not fuse operators with oneDNN (MKLDNN backend)")
     parser.add_argument("--nfolds", type=int, default=10)
@@ -583,9 +618,8 @@ def main(argv=None):
             check_pairs(issame, args.nfolds)
         except ValueError as err:
             raise ValueError(f"set {name}: {err}") from None
-    net = load_model(args.model, ctx)
-    net = prepare_for_inference(net, ctx, fuse=not args.no_fuse)
-    print(f"model {args.model} on {', '.join(str(c) for c in ctx)}; sets: "
+    net, runs_on = load_for_evaluation(args.model, ctx, args.backend, fuse=not args.no_fuse)
+    print(f"model {args.model} on {runs_on}; sets: "
           + ", ".join(f"{name} ({len(issame)} pairs)" for name, (_, issame) in sets.items())
           + "; warming up", flush=True)
     first_images = next(iter(sets.values()))[0]

@@ -253,3 +253,30 @@ def test_fused_cpu_inference_matches_plain_for_a_real_network():
     scale = np.abs(plain).max()
     assert scale > 0 and np.isfinite(plain).all()
     np.testing.assert_allclose(fused / scale, plain / scale, atol=1e-4)
+
+
+def test_command_line_uses_onnxruntime_for_a_repository_network(bin_dir, tmp_path, capsys):
+    from tests.test_deploy import _trained_like
+    from tools import export as export_tool
+
+    net = _trained_like("seesaw_shuffle", seed=4)
+    prefix = str(tmp_path / "model")
+    export_tool.export_symbol(net, prefix, export_tool.probe_batch(2))
+    results = {}
+    for backend in ("auto", "mxnet"):
+        out = tmp_path / f"{backend}.json"
+        assert verification.main(["--model", prefix + ",0", "--data-dir", str(bin_dir), "--target", "hard",
+                                  "--backend", backend, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert ("on onnxruntime (seesaw_shuffle, folded deploy graph" in printed) == (backend == "auto")
+        results[backend] = json.loads(out.read_text())["results"]["hard"]
+    assert results["auto"]["accuracy"] == results["mxnet"]["accuracy"]
+    assert np.allclose(results["auto"]["roc"]["tpr"], results["mxnet"]["roc"]["tpr"])
+
+
+def test_command_line_falls_back_to_mxnet_for_other_networks(bin_dir, tmp_path, capsys):
+    prefix = export(PixelNet(), str(tmp_path / "model"))
+    assert verification.main(["--model", prefix + ",0", "--data-dir", str(bin_dir), "--target", "easy"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: evaluating with MXNet: " in printed and "on cpu(0)" in printed
+    assert any(line.startswith("easy ") and "100.00 ± 0.00" in line for line in printed.splitlines())

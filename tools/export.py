@@ -113,6 +113,9 @@ def load_source(spec, network=None, act=None):
         loaded = mx.nd.load(params_file)
     except mx.base.MXNetError as err:
         raise ValueError(f"{params_file}: not an MXNet parameter file ({str(err).splitlines()[0]})") from None
+    if not isinstance(loaded, dict) or not loaded:
+        raise ValueError(f"{params_file}: holds no named parameters; not a checkpoint of a network of this "
+                         "repository (SPEC §7)")
     params = {re.sub(r"^(arg|aux):", "", k): v for k, v in loaded.items()}
     name, kwargs = infer_network(params) if network is None else (network, {})
     if act is not None:
