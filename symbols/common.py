@@ -60,11 +60,8 @@ class BatchNorm(nn.BatchNorm):
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
         if not self.applies_swish():
             return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
-        # lib_api operators are not told whether MXNet runs in training mode; Dropout is: exactly 1 in inference,
-        # 0 or 2 in training
-        is_train = F.Dropout(F.ones(shape=(1,)), p=0.5)
-        return F.seesaw_bn_swish(x, gamma, beta, running_mean, running_var, is_train, eps=self._kwargs["eps"],
-                                 momentum=self._kwargs["momentum"])[0]
+        return F.seesaw_bn_swish(x, gamma, beta, running_mean, running_var, fused.is_train_flag(F),
+                                 eps=self._kwargs["eps"], momentum=self._kwargs["momentum"])[0]
 
 
 def make_activation(act, channels, prefix):

@@ -147,6 +147,24 @@ def active(block):
     return getattr(block, "_fused_ops", False) and not getattr(_local, "standard", False)
 
 
+def is_train_flag(F):
+    """A (1,) float input for operators that must know MXNet's mode: exactly 1 in inference, 0 or 2 in training.
+
+    lib_api operators are not told whether the graph runs in training mode (``fcomp_t`` sees attributes, tensors
+    and resources only), Dropout is: ``Dropout(ones(1), p=0.5)``. Symbolic traces share one such node (it has no
+    inputs, so any graph may hold it), so a cached graph computes it once per forward; imperative calls make
+    their own.
+    """
+    import mxnet as mx
+    if F is not mx.sym:
+        return F.Dropout(F.ones(shape=(1,)), p=0.5)
+    with _lock:
+        if _state.get("is_train") is None:
+            _state["is_train"] = mx.sym.Dropout(mx.sym.ones(shape=(1,), name="seesaw_is_train_one"), p=0.5,
+                                                name="seesaw_is_train")
+        return _state["is_train"]
+
+
 @contextlib.contextmanager
 def standard_ops():
     """Within this context every network traces with standard MXNet operators (for exported graphs)."""

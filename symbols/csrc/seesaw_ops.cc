@@ -369,7 +369,8 @@ MXReturnValue split_backward(const Attrs& attrs, std::vector<MXTensor>* in, std:
 // attrs:   eps, momentum
 //
 // lib_api gives an operator no training flag (fcomp_t sees attributes, tensors and resources only), so the mode
-// arrives as an input: Dropout(ones(1), p=0.5) is exactly 1 in inference and 0 or 2 in training (symbols/common.py).
+// arrives as an input: Dropout(ones(1), p=0.5) is exactly 1 in inference and 0 or 2 in training
+// (symbols.fused.is_train_flag).
 // Training: batch statistics (biased variance, as MXNet's BatchNorm normalises with and stores), running
 // statistics updated as MXNet's: running = running * momentum + batch * (1 - momentum). Inference: running
 // statistics, nothing updated. Each channel's data (N * H * W floats, <= 800 KB at batch 64 and 56x56) is read
