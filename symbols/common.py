@@ -121,7 +121,10 @@ class SEBlock(HybridBlock):
     supports_fused_ops = True
 
     def hybrid_forward(self, F, x):
-        w = F.contrib.AdaptiveAvgPooling2D(x, output_size=1)
+        if fused.active(self):
+            w = F.seesaw_spatial_mean(x)
+        else:
+            w = F.contrib.AdaptiveAvgPooling2D(x, output_size=1)
         w = F.Activation(self.fc2(self.act(self.fc1(w))), act_type="sigmoid")
         if fused.active(self):
             return F.seesaw_scale(x, w)

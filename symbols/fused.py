@@ -1,13 +1,13 @@
 """Fused CPU training operators (``symbols/csrc/seesaw_ops.cc``), compiled on first use and switched on per network.
 
 MXNet 1.9.1 on CPU spends most of a Seesaw/MobileFaceNet training step outside the convolutions: swish as
-``sigmoid`` + ``mul`` (five passes over the feature map with its backward), the SE gate's ``broadcast_mul``
-(whose backward reduces with a slow generic kernel), ``LeakyReLU(prelu)`` (its backward alone was 75% of a
+``sigmoid`` + ``mul`` (five passes over the feature map with its backward), the SE gate's global average pooling
+and ``broadcast_mul`` (whose backward passes are slow generic kernels), ``LeakyReLU(prelu)`` (its backward alone was 75% of a
 MobileFaceNet step), the concat + reshape/``SwapAxis``/reshape of the channel shuffle, and the uneven channel
 splits (``slice_axis`` pairs; ``split_v2`` is slower still), and BatchNorm followed by swish (whose BatchNorm output
 is kept for the swish backward). The library replaces each with one forward and one backward pass
-(``seesaw_swish``, ``seesaw_scale``, ``seesaw_prelu``, ``seesaw_concat_shuffle``, ``seesaw_split``,
-``seesaw_bn_swish``) computing the same values, BatchNorm running statistics included (tests/test_fused.py
+(``seesaw_swish``, ``seesaw_spatial_mean``, ``seesaw_scale``, ``seesaw_prelu``, ``seesaw_concat_shuffle``,
+``seesaw_split``, ``seesaw_bn_swish``) computing the same values, BatchNorm running statistics included (tests/test_fused.py
 compares outputs, gradients and statistics).
 
 Usage (``recipes/train.py`` does this for CPU training)::
@@ -32,7 +32,8 @@ import threading
 import warnings
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "seesaw_ops.cc")
-OPS = ("seesaw_swish", "seesaw_prelu", "seesaw_scale", "seesaw_concat_shuffle", "seesaw_split", "seesaw_bn_swish")
+OPS = ("seesaw_swish", "seesaw_prelu", "seesaw_scale", "seesaw_concat_shuffle", "seesaw_split", "seesaw_bn_swish",
+       "seesaw_spatial_mean")
 FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", "-ffast-math"]
 
 _lock = threading.Lock()

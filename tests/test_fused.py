@@ -56,6 +56,12 @@ def test_scale_matches_broadcast_mul_including_gate_gradient():
            rtol=1e-4)
 
 
+def test_spatial_mean_matches_adaptive_average_pooling():
+    x = np.random.RandomState(12).normal(size=(3, 5, 7, 6)).astype(np.float32)
+    _check(lambda a: mx.nd.seesaw_spatial_mean(a), lambda a: mx.nd.contrib.AdaptiveAvgPooling2D(a, output_size=1),
+           [x], (3, 5, 1, 1))
+
+
 def test_concat_shuffle_matches_concat_and_channel_shuffle():
     rng = np.random.RandomState(4)
     a = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)

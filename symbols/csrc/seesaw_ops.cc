@@ -12,6 +12,8 @@
 //   seesaw_bn_swish(x, gamma, beta, running_mean, running_var, is_train)
 //                           = swish(BatchNorm(x)) (BatchNorm + Activation + elemwise_mul; the BatchNorm output is
 //                             not kept: the backward recomputes it from x and the saved mean and 1/std)
+//   seesaw_spatial_mean(x)  = mean of x[n, c] over the spatial axes, (N, C, 1, ...)  (AdaptiveAvgPooling2D to 1x1
+//                                                                    of the SE gate: a slow generic backward)
 // Inputs are float32, laid out (N, C, ...) with C the second axis. Forward and backward are single passes,
 // parallel over (n, c) planes with OpenMP; per-channel reductions are summed in double per plane.
 #include <algorithm>
@@ -546,6 +548,50 @@ MXReturnValue bn_swish_backward(const Attrs&, std::vector<MXTensor>* in, std::ve
   return MX_SUCCESS;
 }
 
+// ------------------------------------------------------------------------------------------- spatial mean
+
+MXReturnValue shape_spatial_mean(const Attrs&, std::vector<std::vector<unsigned int>>* in,
+                                 std::vector<std::vector<unsigned int>>* out) {
+  const auto& x = (*in)[0];
+  if (x.size() < 3) return fail("seesaw_spatial_mean", "x must be (N, C, H, ...)");
+  (*out)[0] = x;
+  for (size_t i = 2; i < x.size(); ++i) (*out)[0][i] = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue spatial_mean_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                   const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_spatial_mean", "float32 only");
+  const Planes p = planes_of((*in)[0]);
+  const float* x = (*in)[0].data<float>();
+  float* y = (*out)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float* xp = x + plane * p.s;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < p.s; ++i) acc += xp[i];
+    y[plane] = acc / static_cast<float>(p.s);
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dy, x, y   outputs: dx
+MXReturnValue spatial_mean_backward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                    const OpResource&) {
+  const Planes p = planes_of((*in)[1]);
+  const float* dy = (*in)[0].data<float>();
+  float* dx = (*out)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float g = dy[plane] / static_cast<float>(p.s);
+    float* dxp = dx + plane * p.s;
+#pragma omp simd
+    for (int64_t i = 0; i < p.s; ++i) dxp[i] = g;
+  }
+  return MX_SUCCESS;
+}
+
 }  // namespace
 
 REGISTER_OP(seesaw_swish)
@@ -590,6 +636,13 @@ REGISTER_OP(seesaw_bn_swish)
     .setInferShape(shape_bn_swish)
     .setForward(bn_swish_forward, "cpu")
     .setBackward(bn_swish_backward, "cpu");
+
+REGISTER_OP(seesaw_spatial_mean)
+    .setParseAttrs(attrs_1in)
+    .setInferType(type_float32)
+    .setInferShape(shape_spatial_mean)
+    .setForward(spatial_mean_forward, "cpu")
+    .setBackward(spatial_mean_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   if (version >= 10900) return MX_SUCCESS;
