@@ -426,17 +426,17 @@ def int8_block(qsym, qargs, qaux):
     return symbol_block(qsym, qargs, qaux, backend=None)
 
 
-def export_int8(net, prefix, calib_images, probe, verify_sets=None, min_cosine=INT8_MIN_COSINE):
+def export_int8(net, prefix, calib_images, probe, verify_sets=None, min_cosine=INT8_MIN_COSINE, calib_mode="naive"):
     """Quantize (``quantize_int8``), check every probe image's embedding keeps cosine ≥ ``min_cosine`` with
     the source, measure verification accuracy before/after on ``verify_sets`` ({name: (images, issame)}),
     then write ``prefix-symbol.json`` + ``-0000.params``. Returns the figures."""
-    qsym, qargs, qaux = quantize_int8(net, calib_images)
+    qsym, qargs, qaux = quantize_int8(net, calib_images, calib_mode=calib_mode)
     block = int8_block(qsym, qargs, qaux)
     stats = compare_embeddings(net(mx.nd.array(probe)).asnumpy(), run_block(block, probe))
     if not stats["min_cosine"] >= min_cosine:
         raise ExportMismatch(f"the INT8 model does not reproduce the source network: min cosine similarity "
                              f"{stats['min_cosine']:.4f} < {min_cosine} (mean {stats['mean_cosine']:.4f}); not written")
-    result = dict(stats, calib_images=len(calib_images))
+    result = dict(stats, calib_images=len(calib_images), calib_mode=calib_mode)
     if verify_sets:
         from eval.verification import verify_sets as run_sets
 
@@ -465,6 +465,9 @@ def build_parser():
                         "(default: the fastest measured for the variant)")
     parser.add_argument("--calib-data", help="a .rec or .bin file: INT8 calibration images (and probe images)")
     parser.add_argument("--calib-images", type=int, default=256, help="how many calibration images")
+    parser.add_argument("--calib-mode", default="naive", choices=CALIB_MODES,
+                        help="naive: each tensor's min/max on the calibration images; entropy: MXNet's "
+                             "KL-divergence thresholds")
     parser.add_argument("--verify-data", help="a folder of .bin sets (or one .bin): INT8 accuracy before/after")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max abs embedding difference (fp32)")
     parser.add_argument("--int8-min-cosine", type=float, default=INT8_MIN_COSINE)
@@ -515,7 +518,7 @@ def main(argv=None):
         "onnx": lambda: export_onnx(net, os.path.join(out, "model.onnx"), probe, args.layout, args.tolerance),
         "int8": lambda: export_int8(net, os.path.join(out, "int8", "int8"), calib, probe,
                                     _load_verify_sets(args.verify_data) if args.verify_data else None,
-                                    args.int8_min_cosine),
+                                    args.int8_min_cosine, args.calib_mode),
     }
     for fmt in formats:
         start = time.time()
