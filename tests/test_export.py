@@ -67,8 +67,8 @@ ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sees
 
 @pytest.fixture(scope="module")
 def trained_net():
-    """The default run's seesaw_shuffle (README: 96.8% mean verification after 3 epochs), weights stored as
-    float16 in tests/assets. INT8 only behaves as in deployment on trained weights: randomly initialised or
+    """The default run's seesaw_shuffle (at commit a1d09f9: 96.8% mean verification after 3 epochs), weights
+    stored as float16 in tests/assets. INT8 only behaves as in deployment on trained weights: randomly initialised or
     briefly trained networks lose most of their embedding to INT8 (per-image cosine 0.1-0.9 measured)."""
     import symbols
 
