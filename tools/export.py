@@ -435,7 +435,10 @@ def export_int8(net, prefix, calib_images, probe, verify_sets=None, min_cosine=I
     stats = compare_embeddings(net(mx.nd.array(probe)).asnumpy(), run_block(block, probe))
     if not stats["min_cosine"] >= min_cosine:
         raise ExportMismatch(f"the INT8 model does not reproduce the source network: min cosine similarity "
-                             f"{stats['min_cosine']:.4f} < {min_cosine} (mean {stats['mean_cosine']:.4f}); not written")
+                             f"{stats['min_cosine']:.4f} < {min_cosine} (mean {stats['mean_cosine']:.4f}); not written. "
+                             f"INT8 needs trained weights; calibrate on training records (--calib-data train.rec) "
+                             f"with more images (--calib-images, {len(calib_images)} now) or try --calib-mode "
+                             f"{'entropy' if calib_mode == 'naive' else 'naive'}")
     result = dict(stats, calib_images=len(calib_images), calib_mode=calib_mode)
     if verify_sets:
         from eval.verification import verify_sets as run_sets
