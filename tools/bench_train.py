@@ -43,9 +43,7 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True):
     from recipes import config
     from recipes.heads import build_head
     from recipes.optim import build_trainer
-    from recipes.train import TrainState, build_backbone, hybridize_backbone, train_step
-
-    from recipes.train import choose_engine
+    from recipes.train import TrainState, build_backbone, choose_engine, hybridize_backbone, train_step
 
     cfg = config.resolve({"network": network, "data_dir": "unused", "batch_size": batch_size,
                           "hybridize": hybridize})
