@@ -38,8 +38,9 @@ OPTIONS = {
     "network": ("model", "seesaw_shuffle", "backbone name"),
     "emb_size": ("model", 512, "embedding size"),
     "act": ("model", None, "mobilefacenet activation (default: the network's own)"),
-    "hybridize": ("model", "plain", "backbone graph mode: none, plain (cached graph), alloc (static_alloc), static "
-                                    "(static_alloc+static_shape); see recipes/train.py:hybridize_backbone"),
+    "hybridize": ("model", "alloc", "backbone graph mode: none, plain (cached graph), alloc (cached graph with "
+                                    "static_alloc: its buffers planned once and reused, the fastest and leanest), "
+                                    "static (static_alloc+static_shape); see recipes/train.py:hybridize_backbone"),
     "fused_ops": ("model", "auto", "one-pass CPU training operators (symbols/fused.py): auto (on for CPU training "
                                    "when g++ builds them), on, off"),
     # loss

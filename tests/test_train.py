@@ -9,6 +9,7 @@ import pytest
 import symbols
 from datasets import synthetic
 from recipes import checkpoint as ckpt
+from recipes import config
 from recipes import train
 from recipes.callbacks import Callback
 
@@ -114,6 +115,16 @@ def test_resume_equals_uninterrupted_run(data_dir, tmp_path):
     lr_full = [r.split(",")[4] for r in full_loss]
     lr_split = [r.split(",")[4] for r in split_loss]
     assert lr_full == lr_split  # same lr at every step, including the step after the resume
+
+
+def test_default_graph_mode_trains_like_the_imperative_network(data_dir, tmp_path):
+    # static_alloc (the default) plans its buffers once and reuses them from step to step
+    assert config.resolve({"network": "seesaw_shuffle", "data_dir": data_dir})["hybridize"] == "alloc"
+    train.run(_options(data_dir, tmp_path / "alloc"))
+    train.run(_options(data_dir, tmp_path / "none", hybridize="none"))
+    a = _params(str(tmp_path / "alloc" / "model-0002.params"))
+    b = _params(str(tmp_path / "none" / "model-0002.params"))
+    assert _max_diff(a, b) < 1e-5
 
 
 def test_killed_run_resumes_from_last_complete_checkpoint(data_dir, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Training throughput benchmark: samples/s and peak memory of the recipe's training step on CPU.
 
     python tools/bench_train.py                                   # mobilefacenet, seesaw_shuffle, seesaw_share
-    python tools/bench_train.py --networks seesaw_shuffle --batch-size 64 --steps 8 --hybridize plain,none
+    python tools/bench_train.py --networks seesaw_shuffle --batch-size 64 --steps 8 --hybridize alloc,plain
 
 Each (network, mode) runs in a fresh process (so peak memory is its own): the recipe's backbone, ArcFace head
 (``--classes`` identities), SGD trainer and :func:`recipes.train.train_step` on random batches. Reports
@@ -45,8 +45,11 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True):
     from recipes.optim import build_trainer
     from recipes.train import TrainState, build_backbone, choose_engine, hybridize_backbone, train_step
 
-    cfg = config.resolve({"network": network, "data_dir": "unused", "batch_size": batch_size,
-                          "hybridize": hybridize})
+    options = {"network": network, "data_dir": "unused", "batch_size": batch_size}
+    if hybridize != "auto":
+        options["hybridize"] = hybridize
+    cfg = config.resolve(options)
+    hybridize = cfg["hybridize"]
     ctx = [mx.cpu()]
     engine = choose_engine(ctx, distributed=False)  # as recipes/train.py
     mx.random.seed(0)
@@ -82,7 +85,9 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (one CPU device)")
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph building)")
-    parser.add_argument("--hybridize", default="plain", help="comma-separated modes: none, plain, alloc, static")
+    parser.add_argument("--hybridize", default="auto",
+                        help="comma-separated modes: auto (the recipe's default for the network), none, plain, "
+                             "alloc, static")
     parser.add_argument("--fused", default="on", help="comma-separated: on (symbols.fused operators), off")
     parser.add_argument("--engine", default="auto",
                         help="comma-separated: auto (as train.py: NaiveEngine on one CPU device), threaded")
@@ -107,6 +112,9 @@ def main(argv=None):
     if unknown:
         raise ValueError(f"unknown network(s) {unknown}; valid: {', '.join(symbols.list_models())}")
     modes = [m.strip() for m in args.hybridize.split(",") if m.strip()]
+    from recipes.config import HYBRIDIZE
+    if set(modes) - {"auto", *HYBRIDIZE}:
+        raise ValueError(f"--hybridize takes auto, {', '.join(HYBRIDIZE)}, got {args.hybridize!r}")
     fused_modes = [m.strip() for m in args.fused.split(",") if m.strip()]
     if set(fused_modes) - {"on", "off"}:
         raise ValueError(f"--fused takes on and/or off, got {args.fused!r}")
@@ -132,7 +140,7 @@ def main(argv=None):
             raise RuntimeError(f"{network}/{mode} failed: {proc.stderr.strip().splitlines()[-1:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(result)
-        print(f"{network:<16} {mode:<7} {fused:<5} {result['engine']:<24} {args.batch_size:>5} "
+        print(f"{network:<16} {result['hybridize']:<7} {fused:<5} {result['engine']:<24} {args.batch_size:>5} "
               f"{result['samples_per_sec']:>10.1f} "
               f"{result['samples_per_cpu_sec']:>10.1f} {result['peak_rss_gb']:>8.2f}", flush=True)
     if args.out:
