@@ -510,12 +510,14 @@ MXReturnValue bn_swish_backward(const Attrs&, std::vector<MXTensor>* in, std::ve
       const int64_t off = (n * p.c + c) * p.s;
       const float* xp = x + off;
       const float* dyp = dy + off;
+      float* dhp = dx + off;  // dh is kept in dx (read back from cache by pass 2)
       float a = 0.0f, b = 0.0f;
 #pragma omp simd reduction(+ : a, b)
       for (int64_t i = 0; i < p.s; ++i) {
         const float h = xp[i] * scale + shift;
         const float s = sigmoidf(h);
         const float dh = dyp[i] * (s + h * s * (1.0f - s));
+        dhp[i] = dh;
         a += dh;
         b += dh * (xp[i] - mu);
       }
@@ -530,15 +532,9 @@ MXReturnValue bn_swish_backward(const Attrs&, std::vector<MXTensor>* in, std::ve
     for (int64_t n = 0; n < p.n; ++n) {
       const int64_t off = (n * p.c + c) * p.s;
       const float* xp = x + off;
-      const float* dyp = dy + off;
       float* dxp = dx + off;
 #pragma omp simd
-      for (int64_t i = 0; i < p.s; ++i) {
-        const float h = xp[i] * scale + shift;
-        const float s = sigmoidf(h);
-        const float dh = dyp[i] * (s + h * s * (1.0f - s));
-        dxp[i] = dh * scale + k0 + xp[i] * k1;
-      }
+      for (int64_t i = 0; i < p.s; ++i) dxp[i] = dxp[i] * scale + k0 + xp[i] * k1;
     }
   }
   for (size_t i = 3; i < out->size(); ++i) {
