@@ -39,7 +39,8 @@ OPTIONS = {
     "emb_size": ("model", 512, "embedding size"),
     "act": ("model", None, "mobilefacenet activation (default: the network's own)"),
     "hybridize": ("model", "alloc", "backbone graph mode: none, plain (cached graph), alloc (cached graph with "
-                                    "static_alloc: its buffers planned once and reused, the fastest and leanest), "
+                                    "static_alloc: its buffers planned once and reused, the leanest; "
+                                    "recipes/configs/mobilefacenet.yaml keeps plain, faster there), "
                                     "static (static_alloc+static_shape); see recipes/train.py:hybridize_backbone"),
     "fused_ops": ("model", "auto", "one-pass CPU training operators (symbols/fused.py): auto (on for CPU training "
                                    "when g++ builds them), on, off"),
