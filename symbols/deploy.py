@@ -15,6 +15,7 @@ chosen so that each of the Seesaw block's uneven 1/4 : 3/4 convolutions reads an
 no slice, no concat and no transpose over full-resolution feature maps, and the multiply-adds of the
 uneven split are kept (a dense convolution with zero blocks would cost MobileFaceNet's pointwise MAdds).
 A convolution reading several pieces is a sum of convolutions, which oneDNN fuses (conv + sum post-op).
+The ``dense`` layout does the opposite (one tensor, zero blocks in the weights) for batch-1 latency.
 
 ``build_deploy_graph(net)`` gives a :class:`DeployGraph`; ``.to_symbol()`` gives an MXNet symbol and
 parameters, ``.to_onnx()`` an ONNX model (opset 13, dynamic batch). ``.madds()`` counts the multiply-adds
@@ -29,7 +30,7 @@ from .seesaw import SeesawBlock
 __all__ = ["DeployGraph", "build_deploy_graph", "fold_batchnorm", "shuffle_permutation", "LAYOUTS"]
 
 # How the expanded channels of a Seesaw block are grouped into tensors (see _seesaw_stream_groups).
-LAYOUTS = ("cells", "expand", "concat", "slice")
+LAYOUTS = ("cells", "expand", "concat", "slice", "dense")
 
 
 class DeployGraph:
@@ -210,17 +211,21 @@ class DeployGraph:
             elif op == "add":
                 nodes.append(helper.make_node("Add", xs, [name], name=name))
             elif op == "prelu":
+                # ``x + (1 − a)·relu(−x)``, with both products as 1×1 depthwise convolutions: ONNX Runtime keeps
+                # them in its blocked (NCHWc) layout and fuses the relu and the add into them; its PRelu kernel
+                # and a Max both run in plain NCHW behind layout conversions (measured 1.75× slower end to end
+                # for MobileFaceNet at batch 1).
                 alpha = self.params[name + "_alpha"]
-                form = _prelu_form(alpha)
-                inits.append(numpy_helper.from_array(alpha.reshape(-1, 1, 1), name + "_alpha"))
-                nodes.append(helper.make_node("Mul", xs + [name + "_alpha"], [name + "_scaled"]))
-                if form in ("max", "min"):
-                    nodes.append(helper.make_node(form.capitalize(), [xs[0], name + "_scaled"], [name], name=name))
-                else:
-                    inits.append(numpy_helper.from_array((1 - alpha).reshape(-1, 1, 1), name + "_rest"))
-                    nodes.append(helper.make_node("Relu", xs, [name + "_relu"]))
-                    nodes.append(helper.make_node("Mul", [name + "_relu", name + "_rest"], [name + "_pos"]))
-                    nodes.append(helper.make_node("Add", [name + "_scaled", name + "_pos"], [name], name=name))
+                c = len(alpha)
+                inits.append(numpy_helper.from_array(np.full((c, 1, 1, 1), -1, np.float32), name + "_neg"))
+                inits.append(numpy_helper.from_array((1 - alpha).reshape(c, 1, 1, 1).astype(np.float32),
+                                                     name + "_rest"))
+                nodes.append(helper.make_node("Conv", xs + [name + "_neg"], [name + "_negx"], group=c,
+                                              kernel_shape=[1, 1]))
+                nodes.append(helper.make_node("Relu", [name + "_negx"], [name + "_neg_part"]))
+                nodes.append(helper.make_node("Conv", [name + "_neg_part", name + "_rest"], [name + "_delta"],
+                                              group=c, kernel_shape=[1, 1]))
+                nodes.append(helper.make_node("Add", [xs[0], name + "_delta"], [name], name=name))
             elif op == "gap":
                 nodes.append(helper.make_node("GlobalAveragePool", xs, [name], name=name))
             elif op == "maxpool2":
@@ -251,17 +256,6 @@ class DeployGraph:
         model.ir_version = min(model.ir_version, 8)
         onnx.checker.check_model(model)
         return model
-
-
-def _prelu_form(alpha):
-    """How PReLU is written for ONNX Runtime, whose per-channel PRelu kernel is ~10x slower than two
-    elementwise ops: ``max(x, a·x)`` when every slope a ≤ 1, ``min(x, a·x)`` when every a ≥ 1, else
-    ``a·x + (1 − a)·relu(x)``."""
-    if np.all(alpha <= 1):
-        return "max"
-    if np.all(alpha >= 1):
-        return "min"
-    return "mixed"
 
 
 # -------------------------------------------------------------------- folding helpers
@@ -408,8 +402,10 @@ def _split(channels, parts):
     return [[np.arange(a, b)] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _stage_partition(block, channels):
+def _stage_partition(block, channels, layout=None):
     """How the tensor between the blocks of a stage is split into pieces (logical channel groups)."""
+    if layout == "dense":
+        return _split(channels, [])
     if isinstance(block, SeesawBlock):
         if block.variant == "share":
             # The share projection writes (3/4 | 1/4) while the next expansion reads (1/4 | 3/4).
@@ -424,7 +420,11 @@ def _seesaw_stream_groups(block, layout):
     ``cells``: one tensor per (expansion conv × projection conv) pair, so every pointwise conv reads and
     writes whole tensors (exact MAdds, no copies, most ops). ``expand``: one tensor per expansion conv (the
     projections read them with some zero columns). ``concat``: one tensor, the expansion outputs concatenated
-    (one copy of the expanded map, then slices for the projections).
+    (one copy of the expanded map; the projections read all of it, with zero columns); ``slice``: as
+    ``concat``, each projection reading only its channel range through a slice. ``dense``: one tensor, and
+    the tensors between blocks unsplit too, so each block is one expansion and one projection convolution
+    whose weights hold the uneven split as zero blocks: the fewest operators (fastest at batch 1, where a run
+    is bound by per-operator costs) at the price of MobileFaceNet's pointwise multiply-adds.
     """
     e = block.e_quarter + block.e_three
     perm = shuffle_permutation(e) if block.variant == "shuffle" else np.arange(e)
@@ -440,6 +440,8 @@ def _seesaw_stream_groups(block, layout):
         return [[c] for c in cells if len(c)]
     if layout == "expand":
         return [[stream[from_first]], [stream[~from_first]]]
+    if layout == "dense":
+        return [[stream]]
     if layout in ("concat", "slice"):
         # Order the cells so that the 3/4 projection reads one contiguous channel range.
         return [[np.concatenate([stream[from_first & to_first], stream[from_first & ~to_first]]),
@@ -510,7 +512,7 @@ def build_deploy_graph(net, layout="cells"):
     x = [(g.input(3), np.arange(3))]
     blocks = [block for stage in net.stages for block in stage]
     first = blocks[0]
-    partition = _stage_partition(first, net.stem.dw.conv._channels)
+    partition = _stage_partition(first, net.stem.dw.conv._channels, layout)
 
     w, b, act = _folded(net.stem.conv)
     x = low.activation(low.dense(x, w, b, partition, **_conv_args(net.stem.conv)), act)
@@ -520,7 +522,7 @@ def build_deploy_graph(net, layout="cells"):
     for i, block in enumerate(blocks):
         out_c = _out_channels(block)
         nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-        out_groups = _stage_partition(nxt, out_c) if nxt is not None else [[np.arange(out_c)]]
+        out_groups = _stage_partition(nxt, out_c, layout) if nxt is not None else [[np.arange(out_c)]]
         if block.residual:  # the residual add needs the output split like the input
             out_groups = [[idx] for _, idx in x]
         if isinstance(block, SeesawBlock):

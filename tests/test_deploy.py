@@ -113,10 +113,11 @@ def test_fold_batchnorm_matches_conv_then_batchnorm():
     np.testing.assert_allclose(folded.asnumpy(), bn.asnumpy(), atol=1e-5)
 
 
-def test_onnx_graph_matches_and_batch_is_dynamic(probe):
+@pytest.mark.parametrize("name", ["seesaw_share", "mobilefacenet"])
+def test_onnx_graph_matches_and_batch_is_dynamic(name, probe):
     import onnxruntime as ort
 
-    net = _trained_like("seesaw_share", seed=5)
+    net = _trained_like(name, seed=5)  # PReLU slopes in (-0.2, 1.3): the ONNX form must hold for all of them
     model = build_deploy_graph(net).to_onnx()
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
