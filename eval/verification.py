@@ -102,6 +102,45 @@ def prepare_for_inference(net, ctx=None, fuse=True):
     return net
 
 
+_SHARED_ONNX_THREADS = None  # intra-op threads of the process-wide ONNX Runtime pool, once share_onnx_threads ran
+
+
+def share_onnx_threads(threads=None):
+    """Make every ONNX Runtime session this process creates from now on run on one process-wide thread pool
+    (``threads`` intra-op threads; None: one per core). For timing several sessions in turn: with a pool
+    per session, the idle threads of the session that ran last keep spinning on the cores while the next
+    one runs (on 2 cores this doubled batch-1 latencies of interleaved sessions). Irreversible for the
+    process; sessions must then be created with :func:`onnx_session_options` (ONNX Runtime refuses a
+    per-session pool once the shared one exists)."""
+    global _SHARED_ONNX_THREADS
+    if _SHARED_ONNX_THREADS is None:
+        from onnxruntime.capi import _pybind_state
+
+        _pybind_state.set_global_thread_pool_sizes(int(threads or 0), 1)
+        _SHARED_ONNX_THREADS = int(threads or 0)
+    return _SHARED_ONNX_THREADS
+
+
+def onnx_session_options(threads=None, spinning=True):
+    """``onnxruntime.SessionOptions`` with every graph optimisation, ``threads`` intra-op threads (sequential
+    execution, one inter-op thread; None: ONNX Runtime's default) and busy-waiting idle threads unless
+    ``spinning=False``. After :func:`share_onnx_threads` the session uses the shared pool instead."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if _SHARED_ONNX_THREADS is not None:
+        options.use_per_session_threads = False
+        return options
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxEmbedder:
     """An ONNX embedding model behind the call interface of a Gluon block.
 
@@ -126,14 +165,7 @@ class OnnxEmbedder:
             self.path = name or "in-memory ONNX model"
             if hasattr(model, "SerializeToString"):
                 model = model.SerializeToString()
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-            options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = onnx_session_options(threads, spinning)
         try:
             self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
@@ -153,7 +185,7 @@ class OnnxEmbedder:
 
         Sets on the embedder: ``lower_seconds`` (lowering and ONNX conversion), ``session_seconds`` (ONNX
         Runtime session creation) and ``graph_signature`` (the operator types in order: it changes when the
-        lowering emits a different graph, e.g. another PReLU form, and not when only weights change).
+        lowering emits a different graph, e.g. another layout, and not when only weights change).
         """
         begin = time.perf_counter()
         model = network_to_onnx(net, layout)

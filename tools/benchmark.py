@@ -17,7 +17,9 @@ and achieved GFLOP/s (2 × MAdds × images/s). Each figure is also given as a ra
 every network are built first, then timed round-robin — one call of each per round — so drift of the
 machine's load affects every network alike (and memory holds one mode's graphs). The machine's matrix-multiply
 GFLOP/s (the best of ``mx.nd.dot``, ``numpy.dot`` and ONNX Runtime's MatMul on 2048² matrices) is measured
-in the same run, before and after; the best is the denominator of the "% matmul" column.
+in the same run, before and after; the best is the denominator of the "% matmul" column. From the command
+line, the ONNX Runtime sessions share one thread pool (``eval.verification.share_onnx_threads``): with a pool
+per session, the threads of the session timed last spin on the cores while the next one runs.
 Prints a table, writes JSON (``--json``).
 """
 import argparse
@@ -250,6 +252,9 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     info = machine_info()
     info["threads"] = threads or os.cpu_count()
+    from eval import verification
+
+    info["onnx_thread_pool"] = "shared" if verification._SHARED_ONNX_THREADS is not None else "per session"
     matmul_before = matmul_gflops(threads=threads)
     say("matrix multiply GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in matmul_before.items()))
     calib = np.random.RandomState(0).normal(0, 0.6, (32, 3, 112, 112)).astype(np.float32)
@@ -403,6 +408,9 @@ def main(argv=None):
             raise ValueError(f"--model-dir {item!r}: expected NAME=PREFIX,EPOCH or NAME=DIRECTORY")
         key, value = item.split("=", 1)
         model_dirs[key] = value
+    from eval.verification import share_onnx_threads
+
+    share_onnx_threads(args.threads or None)
     result = run_benchmark(networks, modes, args.runs, args.runs_batch, args.batch, model_dirs=model_dirs,
                            layout=args.layout, threads=args.threads or None, memory=not args.no_memory)
     print(format_table(result))
