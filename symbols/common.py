@@ -120,12 +120,16 @@ class SEBlock(HybridBlock):
 
     supports_fused_ops = True
 
-    def hybrid_forward(self, F, x):
+    def gate(self, F, x):
+        """The (N, E, 1, 1) sigmoid gate for ``x``; a parent block can apply it itself (``seesaw_scale_split``)."""
         if fused.active(self):
             w = F.seesaw_spatial_mean(x)
         else:
             w = F.contrib.AdaptiveAvgPooling2D(x, output_size=1)
-        w = F.Activation(self.fc2(self.act(self.fc1(w))), act_type="sigmoid")
+        return F.Activation(self.fc2(self.act(self.fc1(w))), act_type="sigmoid")
+
+    def hybrid_forward(self, F, x):
+        w = self.gate(F, x)
         if fused.active(self):
             return F.seesaw_scale(x, w)
         return F.broadcast_mul(x, w)

@@ -32,8 +32,8 @@ import threading
 import warnings
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "seesaw_ops.cc")
-OPS = ("seesaw_swish", "seesaw_prelu", "seesaw_scale", "seesaw_concat_shuffle", "seesaw_split", "seesaw_bn_swish",
-       "seesaw_spatial_mean")
+OPS = ("seesaw_swish", "seesaw_prelu", "seesaw_scale", "seesaw_concat_shuffle", "seesaw_split", "seesaw_scale_split",
+       "seesaw_bn_swish", "seesaw_bn_swish_concat", "seesaw_spatial_mean")
 FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", "-ffast-math"]
 
 _lock = threading.Lock()

@@ -14,6 +14,7 @@ Stage tables, rows ``(in_c, out_c, expansion, n_residual, residual_expansion)``:
 The DW networks use shuffle blocks: the authors' DW_seesawFaceNetv2 weights reproduce only that way
 (tests/test_convert_pytorch.py), and its skip branch is 2×2/2 max pool → ConvBNAct (swish) 1×1.
 """
+import mxnet as mx
 from mxnet.gluon.block import HybridBlock
 
 from . import fused
@@ -67,28 +68,52 @@ class SeesawBlock(HybridBlock):
     def hybrid_forward(self, F, x):
         if fused.active(self):  # one uneven split op (backward: one concat) and concat + shuffle in one op
             first, rest = F.seesaw_split(x, point=self.in_quarter)
-            a, b = self.expand_1(first), self.expand_3(rest)
-            y = F.seesaw_concat_shuffle(a, b, groups=2) if self.variant == "shuffle" else F.concat(a, b, dim=1)
+            y = self._expand_fused(F, first, rest)
         else:
             first = F.slice_axis(x, axis=1, begin=0, end=self.in_quarter)
             rest = F.slice_axis(x, axis=1, begin=self.in_quarter, end=None)
             y = F.concat(self.expand_1(first), self.expand_3(rest), dim=1)
             if self.variant == "shuffle":
                 y = channel_shuffle(F, y, 2)
-        y = self.se(self.dw(y))
-        if fused.active(self):
+        y = self.dw(y)
+        if fused.active(self):  # SE scale and the projections' uneven split in one op
+            point = self.e_quarter if self.variant == "shuffle" else self.e_three
+            low, high = F.seesaw_scale_split(y, self.se.gate(F, y), point=point)
             if self.variant == "shuffle":
-                low, high = F.seesaw_split(y, point=self.e_quarter)
                 y = F.concat(self.project_1(low), self.project_3(high), dim=1)
             else:
-                low, high = F.seesaw_split(y, point=self.e_three)
                 y = F.concat(self.project_3(low), self.project_1(high), dim=1)
-        elif self.variant == "shuffle":
+            return self._finish(F, x, y)
+        y = self.se(y)
+        if self.variant == "shuffle":
             y = F.concat(self.project_1(F.slice_axis(y, axis=1, begin=0, end=self.e_quarter)),
                          self.project_3(F.slice_axis(y, axis=1, begin=self.e_quarter, end=None)), dim=1)
         else:
             y = F.concat(self.project_3(F.slice_axis(y, axis=1, begin=0, end=self.e_three)),
                          self.project_1(F.slice_axis(y, axis=1, begin=self.e_three, end=None)), dim=1)
+        return self._finish(F, x, y)
+
+    def _expand_fused(self, F, first, rest):
+        """The two expansions, concatenated (and shuffled), with fused operators: both BatchNorm + swish and the
+        concat + shuffle in one ``seesaw_bn_swish_concat`` when the activation is swish."""
+        groups = 2 if self.variant == "shuffle" else 1
+        bns = (self.expand_1.bn, self.expand_3.bn)
+        if not all(bn.applies_swish() for bn in bns):
+            a, b = self.expand_1(first), self.expand_3(rest)
+            return F.seesaw_concat_shuffle(a, b, groups=2) if groups == 2 else F.concat(a, b, dim=1)
+        a, b = self.expand_1.conv(first), self.expand_3.conv(rest)
+        if F is mx.sym:
+            params = [p.var() for bn in bns for p in (bn.gamma, bn.beta, bn.running_mean, bn.running_var)]
+        else:
+            params = [p.data(a.context) for bn in bns for p in (bn.gamma, bn.beta, bn.running_mean, bn.running_var)]
+        kwargs = bns[0]._kwargs
+        if any(bn._kwargs["eps"] != kwargs["eps"] or bn._kwargs["momentum"] != kwargs["momentum"] for bn in bns):
+            raise ValueError("the two expansion BatchNorms of a Seesaw block differ in eps or momentum")
+        return F.seesaw_bn_swish_concat(a, b, *params, fused.is_train_flag(F), groups=groups, eps=kwargs["eps"],
+                                        momentum=kwargs["momentum"])[0]
+
+    def _finish(self, F, x, y):
+        """Residual add and DW-Seesaw v2's skip branch."""
         if self.residual:
             y = y + x
         if self.skip is not None:

@@ -93,6 +93,60 @@ def test_split_matches_two_slices(point):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("point", [1, 9])
+def test_scale_split_matches_broadcast_mul_then_two_slices(point):
+    rng = np.random.RandomState(13)
+    x = rng.normal(size=(3, 12, 5, 4)).astype(np.float32)
+    w = rng.uniform(size=(3, 12, 1, 1)).astype(np.float32)
+    heads = [mx.nd.array(rng.normal(size=(3, point, 5, 4))), mx.nd.array(rng.normal(size=(3, 12 - point, 5, 4)))]
+    results = []
+    for fn in (lambda a, g: mx.nd.seesaw_scale_split(a, g, point=point),
+               lambda a, g: (mx.nd.slice_axis(mx.nd.broadcast_mul(a, g), axis=1, begin=0, end=point),
+                             mx.nd.slice_axis(mx.nd.broadcast_mul(a, g), axis=1, begin=point, end=None))):
+        arrays = [mx.nd.array(x), mx.nd.array(w)]
+        for a in arrays:
+            a.attach_grad()
+        with autograd.record():
+            low, high = fn(*arrays)
+        autograd.backward([low, high], heads)
+        results.append([low.asnumpy(), high.asnumpy()] + [a.grad.asnumpy() for a in arrays])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups,train_mode", [(2, True), (1, True), (2, False)])
+def test_bn_swish_concat_matches_two_bn_swish_then_concat_shuffle(groups, train_mode):
+    """One op for both expansions of a Seesaw block: values, every gradient and the running statistics."""
+    rng = np.random.RandomState(14)
+    sides = [(3, 4), (3, 12)]
+    x = [rng.normal(1.0, 2.0, size=(n, c, 5, 4)).astype(np.float32) for n, c in sides]
+    params = [[rng.uniform(0.5, 1.5, c), rng.normal(size=c), rng.normal(size=c), rng.uniform(0.5, 2, c)]
+              for _, c in sides]
+    head = mx.nd.array(rng.normal(size=(3, 16, 5, 4)))
+    results = []
+    for fused_op in (True, False):
+        xs = [mx.nd.array(v) for v in x]
+        ps = [[mx.nd.array(v) for v in side] for side in params]
+        for arr in xs + [p for side in ps for p in side[:2]]:
+            arr.attach_grad()
+        flag = mx.nd.array([2.0 if train_mode else 1.0])
+        with autograd.record(train_mode=train_mode):
+            if fused_op:
+                out = mx.nd.seesaw_bn_swish_concat(*xs, *ps[0], *ps[1], flag, groups=groups, eps=1e-5,
+                                                   momentum=0.9)[0]
+            else:
+                a, b = (mx.nd.seesaw_bn_swish(v, *p, flag, eps=1e-5, momentum=0.9)[0] for v, p in zip(xs, ps))
+                out = mx.nd.seesaw_concat_shuffle(a, b, groups=groups) if groups == 2 else mx.nd.concat(a, b, dim=1)
+        out.backward(head)
+        results.append([out.asnumpy()] + [v.grad.asnumpy() for v in xs]
+                       + [p.grad.asnumpy() for side in ps for p in side[:2]]
+                       + [p.asnumpy() for side in ps for p in side[2:]])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if train_mode:  # the running statistics moved
+        assert not np.allclose(results[0][-1], params[1][3])
+
+
 def _bn_swish_step(on, train_mode, hybridize, x, head):
     """Output, gradients of x, gamma, beta and the running statistics after one recorded step of
     ``symbols.common.BatchNorm(swish=True)`` (fused: one seesaw_bn_swish) or ``nn.BatchNorm`` + x*sigmoid(x)."""
@@ -165,6 +219,12 @@ def test_bad_shapes_raise_clear_errors():
         mx.nd.seesaw_prelu(mx.nd.ones((2, 3, 4, 4)), mx.nd.ones((4,))).wait_to_read()
     with pytest.raises(mx.base.MXNetError, match="point"):
         mx.nd.seesaw_split(mx.nd.ones((2, 3, 4, 4)), point=3)[0].wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="w must be"):
+        mx.nd.seesaw_scale_split(mx.nd.ones((2, 3, 4, 4)), mx.nd.ones((2, 3, 2, 1)), point=1)[0].wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="each side's gamma"):
+        ones = [mx.nd.ones((3,))] * 4
+        mx.nd.seesaw_bn_swish_concat(mx.nd.ones((2, 3, 4, 4)), mx.nd.ones((2, 5, 4, 4)), *ones, *ones,
+                                     mx.nd.ones((1,)), groups=2)[0].wait_to_read()
     with pytest.raises(mx.base.MXNetError, match="running_var must be"):
         ones = mx.nd.ones((3,))
         mx.nd.seesaw_bn_swish(mx.nd.ones((2, 3, 4, 4)), ones, ones, ones, mx.nd.ones((4,)), mx.nd.ones((1,)))[0]\

@@ -9,9 +9,15 @@
 //                           = channel shuffle of concat(a, b) on axis 1: output channel i*g + j is input
 //                             channel j*(C/g) + i
 //   seesaw_split(x, point=k) = (x[:, :k], x[:, k:])                (two slice_axis, or split_v2: both slow)
+//   seesaw_scale_split(x, w, point=k) = seesaw_split(seesaw_scale(x, w), point=k)   (one pass; and the scaled
+//                             map, which only the split read, is not kept for the backward: lib_api keeps every
+//                             input and output of a library operator alive until its backward has run)
 //   seesaw_bn_swish(x, gamma, beta, running_mean, running_var, is_train)
 //                           = swish(BatchNorm(x)) (BatchNorm + Activation + elemwise_mul; the BatchNorm output is
 //                             not kept: the backward recomputes it from x and the saved mean and 1/std)
+//   seesaw_bn_swish_concat(a, b, BatchNorm parameters of a, of b, is_train, groups)
+//                           = seesaw_concat_shuffle(seesaw_bn_swish(a, ...), seesaw_bn_swish(b, ...), groups)
+//                             (groups=1: plain concat), writing each channel straight to its place
 //   seesaw_spatial_mean(x)  = mean of x[n, c] over the spatial axes, (N, C, 1, ...)  (AdaptiveAvgPooling2D to 1x1
 //                                                                    of the SE gate: a slow generic backward)
 // Inputs are float32, laid out (N, C, ...) with C the second axis. Forward and backward are single passes,
@@ -364,6 +370,92 @@ MXReturnValue split_backward(const Attrs& attrs, std::vector<MXTensor>* in, std:
   return MX_SUCCESS;
 }
 
+// ------------------------------------------------------------------------------------------- scale + split
+
+MXReturnValue attrs_scale_split(const Attrs& attrs, int* num_in, int* num_out) {
+  if (point_of(attrs) < 1) return fail("seesaw_scale_split", "needs point >= 1");
+  *num_in = 2;
+  *num_out = 2;
+  return MX_SUCCESS;
+}
+
+MXReturnValue type_scale_split(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  for (int t : *in)
+    if (t != kFloat32) return fail("seesaw_scale_split", "only float32 inputs are supported");
+  (*out)[0] = (*out)[1] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_scale_split(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
+                                std::vector<std::vector<unsigned int>>* out) {
+  const auto& x = (*in)[0];
+  const auto& w = (*in)[1];
+  if (x.size() < 2 || w.size() < 2 || w[0] != x[0] || w[1] != x[1])
+    return fail("seesaw_scale_split", "expects x (N, C, ...) and w (N, C, 1, ...)");
+  for (size_t i = 2; i < w.size(); ++i)
+    if (w[i] != 1) return fail("seesaw_scale_split", "w must be (N, C, 1, ...)");
+  const int64_t k = point_of(attrs);
+  if (k >= static_cast<int64_t>(x[1])) return fail("seesaw_scale_split", "point must be in [1, C)");
+  (*out)[0] = x;
+  (*out)[0][1] = static_cast<unsigned int>(k);
+  (*out)[1] = x;
+  (*out)[1][1] = x[1] - static_cast<unsigned int>(k);
+  return MX_SUCCESS;
+}
+
+// Plane (img, c) of the split pair: channel c < k lives in a (N, k, S), the others in b (N, C - k, S).
+inline float* split_plane(float* a, float* b, int64_t img, int64_t c, int64_t channels, int64_t k, int64_t s) {
+  return c < k ? a + (img * k + c) * s : b + (img * (channels - k) + c - k) * s;
+}
+
+MXReturnValue scale_split_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                  const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_scale_split", "float32 only");
+  const Planes p = planes_of((*in)[0]);
+  const int64_t k = point_of(attrs);
+  const float* x = (*in)[0].data<float>();
+  const float* w = (*in)[1].data<float>();
+  float* a = (*out)[0].data<float>();
+  float* b = (*out)[1].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float g = w[plane];
+    const float* xp = x + plane * p.s;
+    float* yp = split_plane(a, b, plane / p.c, plane % p.c, p.c, k, p.s);
+#pragma omp simd
+    for (int64_t i = 0; i < p.s; ++i) yp[i] = xp[i] * g;
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: da, db, x, w, a, b   outputs: dx, dw
+MXReturnValue scale_split_backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                   const OpResource&) {
+  const Planes p = planes_of((*in)[2]);
+  const int64_t k = point_of(attrs);
+  float* da = (*in)[0].data<float>();
+  float* db = (*in)[1].data<float>();
+  const float* x = (*in)[2].data<float>();
+  const float* w = (*in)[3].data<float>();
+  float* dx = (*out)[0].data<float>();
+  float* dw = (*out)[1].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const float g = w[plane];
+    const float* xp = x + plane * p.s;
+    const float* dyp = split_plane(da, db, plane / p.c, plane % p.c, p.c, k, p.s);
+    float* dxp = dx + plane * p.s;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < p.s; ++i) {
+      dxp[i] = dyp[i] * g;
+      acc += dyp[i] * xp[i];
+    }
+    dw[plane] = acc;
+  }
+  return MX_SUCCESS;
+}
+
 // ------------------------------------------------------------------------------------------- batchnorm + swish
 //
 // inputs:  x (N, C, ...), gamma (C,), beta (C,), running_mean (C,), running_var (C,) [both mutated], is_train (1,)
@@ -415,14 +507,20 @@ MXReturnValue shape_bn_swish(const Attrs&, std::vector<std::vector<unsigned int>
   return MX_SUCCESS;
 }
 
-// Sum of x over channel c, and sum of (x - shift)^2; per-plane float sums added in double.
-void channel_moments(const float* x, const Planes& p, int64_t c, float shift, double* sum, double* sq) {
+// One channel of a (N, C, S) tensor: its plane of image 0 and the distance between images' planes.
+struct Channel {
+  const float* x;
+  int64_t stride;
+};
+
+// Sum of x over one channel, and sum of (x - shift)^2; per-plane float sums added in double.
+void channel_moments(Channel ch, int64_t n, int64_t s, float shift, double* sum, double* sq) {
   double s1 = 0.0, s2 = 0.0;
-  for (int64_t n = 0; n < p.n; ++n) {
-    const float* xp = x + (n * p.c + c) * p.s;
+  for (int64_t img = 0; img < n; ++img) {
+    const float* xp = ch.x + img * ch.stride;
     float a1 = 0.0f, a2 = 0.0f;
 #pragma omp simd reduction(+ : a1, a2)
-    for (int64_t i = 0; i < p.s; ++i) {
+    for (int64_t i = 0; i < s; ++i) {
       const float d = xp[i] - shift;
       a1 += xp[i];
       a2 += d * d;
@@ -434,51 +532,106 @@ void channel_moments(const float* x, const Planes& p, int64_t c, float shift, do
   *sq = s2;
 }
 
+struct BnParams {
+  const float* gamma;
+  const float* beta;
+  float* running_mean;
+  float* running_var;
+};
+
+// Forward of one channel: statistics (batch ones in training, updating the running ones; else the running
+// ones), then y = swish(BatchNorm(x)) written to the planes y + img * y_stride. Returns (mean, invstd).
+void bn_swish_channel(Channel in, float* y, int64_t y_stride, int64_t n, int64_t s, BnParams bn, int64_t c, bool train,
+                      float eps, float momentum, float* mean_out, float* invstd_out) {
+  float mean, var;
+  if (train) {
+    const double count = static_cast<double>(n * s);
+    double sum, sq;
+    channel_moments(in, n, s, 0.0f, &sum, &sq);
+    mean = static_cast<float>(sum / count);
+    channel_moments(in, n, s, mean, &sum, &sq);  // two-pass variance: no cancellation (data now in cache)
+    var = static_cast<float>(sq / count);
+    bn.running_mean[c] = bn.running_mean[c] * momentum + mean * (1.0f - momentum);
+    bn.running_var[c] = bn.running_var[c] * momentum + var * (1.0f - momentum);
+  } else {
+    mean = bn.running_mean[c];
+    var = bn.running_var[c];
+  }
+  const float invstd = 1.0f / std::sqrt(var + eps);
+  const float scale = bn.gamma[c] * invstd, shift = bn.beta[c] - mean * scale;
+  for (int64_t img = 0; img < n; ++img) {
+    const float* xp = in.x + img * in.stride;
+    float* yp = y + img * y_stride;
+#pragma omp simd
+    for (int64_t i = 0; i < s; ++i) {
+      const float h = xp[i] * scale + shift;
+      yp[i] = h * sigmoidf(h);
+    }
+  }
+  *mean_out = mean;
+  *invstd_out = invstd;
+}
+
+// Backward of one channel: dx (same layout as x) from dy (planes dy + img * dy_stride), and dgamma, dbeta.
+void bn_swish_channel_backward(Channel in, const float* dy, int64_t dy_stride, float* dx, int64_t n, int64_t s,
+                               float gamma, float beta, float mu, float is, float* dgamma, float* dbeta) {
+  const double count = static_cast<double>(n * s);
+  const float scale = gamma * is, shift = beta - mu * scale;
+  // pass 1: dh = dL/d(BatchNorm output), its sum (dbeta) and its sum against x - mean
+  double sum_dh = 0.0, sum_dh_xc = 0.0;
+  for (int64_t img = 0; img < n; ++img) {
+    const float* xp = in.x + img * in.stride;
+    const float* dyp = dy + img * dy_stride;
+    float* dhp = dx + img * in.stride;  // dh is kept in dx (read back from cache by pass 2)
+    float a = 0.0f, b = 0.0f;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < s; ++i) {
+      const float h = xp[i] * scale + shift;
+      const float sg = sigmoidf(h);
+      const float dh = dyp[i] * (sg + h * sg * (1.0f - sg));
+      dhp[i] = dh;
+      a += dh;
+      b += dh * (xp[i] - mu);
+    }
+    sum_dh += a;
+    sum_dh_xc += b;
+  }
+  *dbeta = static_cast<float>(sum_dh);
+  *dgamma = static_cast<float>(sum_dh_xc * is);
+  // pass 2: dx = scale * (dh - mean(dh) - z * mean(dh * z))
+  const float k1 = static_cast<float>(-scale * is * is * sum_dh_xc / count);
+  const float k0 = static_cast<float>(-scale * sum_dh / count) - mu * k1;
+  for (int64_t img = 0; img < n; ++img) {
+    const float* xp = in.x + img * in.stride;
+    float* dxp = dx + img * in.stride;
+#pragma omp simd
+    for (int64_t i = 0; i < s; ++i) dxp[i] = dxp[i] * scale + k0 + xp[i] * k1;
+  }
+}
+
+void zero_outputs(std::vector<MXTensor>* out, size_t from) {
+  for (size_t i = from; i < out->size(); ++i) {
+    float* g = (*out)[i].data<float>();
+    std::fill(g, g + (*out)[i].size(), 0.0f);
+  }
+}
+
 MXReturnValue bn_swish_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                                const OpResource&) {
   if (!all_float32(*in)) return fail("seesaw_bn_swish", "float32 only");
   const Planes p = planes_of((*in)[0]);
   const float* x = (*in)[0].data<float>();
-  const float* gamma = (*in)[1].data<float>();
-  const float* beta = (*in)[2].data<float>();
-  float* running_mean = (*in)[3].data<float>();
-  float* running_var = (*in)[4].data<float>();
+  const BnParams bn{(*in)[1].data<float>(), (*in)[2].data<float>(), (*in)[3].data<float>(), (*in)[4].data<float>()};
   const bool train = (*in)[5].data<float>()[0] != 1.0f;
   float* y = (*out)[0].data<float>();
   float* mean_out = (*out)[1].data<float>();
   float* invstd_out = (*out)[2].data<float>();
   const float eps = static_cast<float>(attr_double(attrs, "eps", 1e-5));
   const float momentum = static_cast<float>(attr_double(attrs, "momentum", 0.9));
-  const double count = static_cast<double>(p.n * p.s);
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < p.c; ++c) {
-    float mean, var;
-    if (train) {
-      double sum, sq;
-      channel_moments(x, p, c, 0.0f, &sum, &sq);
-      mean = static_cast<float>(sum / count);
-      channel_moments(x, p, c, mean, &sum, &sq);  // two-pass variance: no cancellation (data now in cache)
-      var = static_cast<float>(sq / count);
-      running_mean[c] = running_mean[c] * momentum + mean * (1.0f - momentum);
-      running_var[c] = running_var[c] * momentum + var * (1.0f - momentum);
-    } else {
-      mean = running_mean[c];
-      var = running_var[c];
-    }
-    const float invstd = 1.0f / std::sqrt(var + eps);
-    const float scale = gamma[c] * invstd, shift = beta[c] - mean * scale;
-    for (int64_t n = 0; n < p.n; ++n) {
-      const float* xp = x + (n * p.c + c) * p.s;
-      float* yp = y + (n * p.c + c) * p.s;
-#pragma omp simd
-      for (int64_t i = 0; i < p.s; ++i) {
-        const float h = xp[i] * scale + shift;
-        yp[i] = h * sigmoidf(h);
-      }
-    }
-    mean_out[c] = mean;
-    invstd_out[c] = invstd;
-  }
+  for (int64_t c = 0; c < p.c; ++c)
+    bn_swish_channel(Channel{x + c * p.s, p.c * p.s}, y + c * p.s, p.c * p.s, p.n, p.s, bn, c, train, eps, momentum,
+                     mean_out + c, invstd_out + c);
   return MX_SUCCESS;
 }
 
@@ -499,45 +652,127 @@ MXReturnValue bn_swish_backward(const Attrs&, std::vector<MXTensor>* in, std::ve
   float* dx = (*out)[0].data<float>();
   float* dgamma = (*out)[1].data<float>();
   float* dbeta = (*out)[2].data<float>();
-  const double count = static_cast<double>(p.n * p.s);
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < p.c; ++c) {
-    const float mu = mean[c], is = invstd[c];
-    const float scale = gamma[c] * is, shift = beta[c] - mu * scale;
-    // pass 1: dh = dL/d(BatchNorm output), its sum (dbeta) and its sum against x - mean
-    double sum_dh = 0.0, sum_dh_xc = 0.0;
-    for (int64_t n = 0; n < p.n; ++n) {
-      const int64_t off = (n * p.c + c) * p.s;
-      const float* xp = x + off;
-      const float* dyp = dy + off;
-      float* dhp = dx + off;  // dh is kept in dx (read back from cache by pass 2)
-      float a = 0.0f, b = 0.0f;
-#pragma omp simd reduction(+ : a, b)
-      for (int64_t i = 0; i < p.s; ++i) {
-        const float h = xp[i] * scale + shift;
-        const float s = sigmoidf(h);
-        const float dh = dyp[i] * (s + h * s * (1.0f - s));
-        dhp[i] = dh;
-        a += dh;
-        b += dh * (xp[i] - mu);
-      }
-      sum_dh += a;
-      sum_dh_xc += b;
-    }
-    dbeta[c] = static_cast<float>(sum_dh);
-    dgamma[c] = static_cast<float>(sum_dh_xc * is);
-    // pass 2: dx = scale * (dh - mean(dh) - z * mean(dh * z))
-    const float k1 = static_cast<float>(-scale * is * is * sum_dh_xc / count);
-    const float k0 = static_cast<float>(-scale * sum_dh / count) - mu * k1;
-    for (int64_t n = 0; n < p.n; ++n) {
-      const int64_t off = (n * p.c + c) * p.s;
-      const float* xp = x + off;
-      float* dxp = dx + off;
-#pragma omp simd
-      for (int64_t i = 0; i < p.s; ++i) dxp[i] = dxp[i] * scale + k0 + xp[i] * k1;
-    }
+  for (int64_t c = 0; c < p.c; ++c)
+    bn_swish_channel_backward(Channel{x + c * p.s, p.c * p.s}, dy + c * p.s, p.c * p.s, dx + c * p.s, p.n, p.s,
+                              gamma[c], beta[c], mean[c], invstd[c], dgamma + c, dbeta + c);
+  zero_outputs(out, 3);
+  return MX_SUCCESS;
+}
+
+// ------------------------------------------------------------------------------------------- expansion pair
+//
+// seesaw_bn_swish_concat(a, b, gamma_a, beta_a, running_mean_a, running_var_a,
+//                        gamma_b, beta_b, running_mean_b, running_var_b, is_train; groups, eps, momentum)
+//   = channel shuffle (groups; 1: none) of concat(seesaw_bn_swish(a, ...a), seesaw_bn_swish(b, ...b)) on axis 1
+// outputs: y (N, Ca + Cb, ...), mean_a, invstd_a, mean_b, invstd_b (saved for the backward)
+// The two BatchNorm + swish outputs are written straight to their shuffled places: no copy, and nothing but the
+// convolution outputs a and b (which the backward needs anyway) is kept for the backward.
+
+MXReturnValue attrs_bn_swish_concat(const Attrs& attrs, int* num_in, int* num_out) {
+  if (groups_of(attrs) < 1) return fail("seesaw_bn_swish_concat", "groups must be >= 1");
+  *num_in = 11;
+  *num_out = 5;
+  return MX_SUCCESS;
+}
+
+MXReturnValue mutate_bn_swish_concat(const Attrs&, std::vector<int>* input_indices) {
+  for (int i : {4, 5, 8, 9}) input_indices->push_back(i);
+  return MX_SUCCESS;
+}
+
+MXReturnValue type_bn_swish_concat(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  for (int t : *in)
+    if (t != kFloat32) return fail("seesaw_bn_swish_concat", "only float32 inputs are supported");
+  for (auto& t : *out) t = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue shape_bn_swish_concat(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
+                                    std::vector<std::vector<unsigned int>>* out) {
+  const auto& a = (*in)[0];
+  const auto& b = (*in)[1];
+  if (a.size() < 2 || a.size() != b.size() || a[0] != b[0])
+    return fail("seesaw_bn_swish_concat", "a and b must be (N, Ca, ...) and (N, Cb, ...)");
+  for (size_t i = 2; i < a.size(); ++i)
+    if (a[i] != b[i]) return fail("seesaw_bn_swish_concat", "a and b differ beyond axis 1");
+  for (int i = 2; i <= 9; ++i) {
+    const unsigned int c = i < 6 ? a[1] : b[1];
+    if ((*in)[i].size() != 1 || (*in)[i][0] != c)
+      return fail("seesaw_bn_swish_concat", "each side's gamma, beta, running_mean and running_var must be (C,)");
   }
-  for (size_t i = 3; i < out->size(); ++i) {
+  if ((*in)[10].size() != 1 || (*in)[10][0] != 1) return fail("seesaw_bn_swish_concat", "is_train must be (1,)");
+  if ((a[1] + b[1]) % groups_of(attrs)) return fail("seesaw_bn_swish_concat", "channels not divisible by groups");
+  (*out)[0] = a;
+  (*out)[0][1] = a[1] + b[1];
+  (*out)[1] = (*out)[2] = std::vector<unsigned int>{a[1]};
+  (*out)[3] = (*out)[4] = std::vector<unsigned int>{b[1]};
+  return MX_SUCCESS;
+}
+
+// Output channel k of the shuffled concat: side (0: a, 1: b) and channel within it.
+inline void concat_source(int64_t k, int64_t ca, int64_t c, int groups, int* side, int64_t* ch) {
+  const int64_t src = (k % groups) * (c / groups) + k / groups;
+  *side = src < ca ? 0 : 1;
+  *ch = src < ca ? src : src - ca;
+}
+
+MXReturnValue bn_swish_concat_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                      const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_bn_swish_concat", "float32 only");
+  const Planes pa = planes_of((*in)[0]), pb = planes_of((*in)[1]);
+  const int64_t c = pa.c + pb.c, cs[2] = {pa.c, pb.c};
+  const int groups = groups_of(attrs);
+  const float* x[2] = {(*in)[0].data<float>(), (*in)[1].data<float>()};
+  BnParams bn[2];
+  for (int side = 0; side < 2; ++side)
+    bn[side] = BnParams{(*in)[2 + 4 * side].data<float>(), (*in)[3 + 4 * side].data<float>(),
+                        (*in)[4 + 4 * side].data<float>(), (*in)[5 + 4 * side].data<float>()};
+  const bool train = (*in)[10].data<float>()[0] != 1.0f;
+  float* y = (*out)[0].data<float>();
+  float* mean[2] = {(*out)[1].data<float>(), (*out)[3].data<float>()};
+  float* invstd[2] = {(*out)[2].data<float>(), (*out)[4].data<float>()};
+  const float eps = static_cast<float>(attr_double(attrs, "eps", 1e-5));
+  const float momentum = static_cast<float>(attr_double(attrs, "momentum", 0.9));
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < c; ++k) {
+    int side;
+    int64_t ch;
+    concat_source(k, pa.c, c, groups, &side, &ch);
+    bn_swish_channel(Channel{x[side] + ch * pa.s, cs[side] * pa.s}, y + k * pa.s, c * pa.s, pa.n, pa.s, bn[side], ch,
+                     train, eps, momentum, mean[side] + ch, invstd[side] + ch);
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dy, dmean_a, dinvstd_a, dmean_b, dinvstd_b, then the 11 forward inputs, then the 5 forward outputs
+// outputs: da, db, dgamma_a, dbeta_a, [zeros for running_mean_a, running_var_a], dgamma_b, dbeta_b, [zeros...]
+MXReturnValue bn_swish_concat_backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                       const OpResource&) {
+  const Planes pa = planes_of((*in)[5]), pb = planes_of((*in)[6]);
+  const int64_t c = pa.c + pb.c, cs[2] = {pa.c, pb.c};
+  const int groups = groups_of(attrs);
+  const float* dy = (*in)[0].data<float>();
+  const float* x[2] = {(*in)[5].data<float>(), (*in)[6].data<float>()};
+  const float* gamma[2] = {(*in)[7].data<float>(), (*in)[11].data<float>()};
+  const float* beta[2] = {(*in)[8].data<float>(), (*in)[12].data<float>()};
+  const float* mean[2] = {(*in)[17].data<float>(), (*in)[19].data<float>()};
+  const float* invstd[2] = {(*in)[18].data<float>(), (*in)[20].data<float>()};
+  float* dx[2] = {(*out)[0].data<float>(), (*out)[1].data<float>()};
+  float* dgamma[2] = {(*out)[2].data<float>(), (*out)[6].data<float>()};
+  float* dbeta[2] = {(*out)[3].data<float>(), (*out)[7].data<float>()};
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < c; ++k) {
+    int side;
+    int64_t ch;
+    concat_source(k, pa.c, c, groups, &side, &ch);
+    const int64_t off = ch * pa.s;
+    bn_swish_channel_backward(Channel{x[side] + off, cs[side] * pa.s}, dy + k * pa.s, c * pa.s, dx[side] + off, pa.n,
+                              pa.s, gamma[side][ch], beta[side][ch], mean[side][ch], invstd[side][ch],
+                              dgamma[side] + ch, dbeta[side] + ch);
+  }
+  for (size_t i : {4, 5, 8, 9, 10}) {
+    if (i >= out->size()) continue;
     float* g = (*out)[i].data<float>();
     std::fill(g, g + (*out)[i].size(), 0.0f);
   }
@@ -625,6 +860,13 @@ REGISTER_OP(seesaw_split)
     .setForward(split_forward, "cpu")
     .setBackward(split_backward, "cpu");
 
+REGISTER_OP(seesaw_scale_split)
+    .setParseAttrs(attrs_scale_split)
+    .setInferType(type_scale_split)
+    .setInferShape(shape_scale_split)
+    .setForward(scale_split_forward, "cpu")
+    .setBackward(scale_split_backward, "cpu");
+
 REGISTER_OP(seesaw_bn_swish)
     .setParseAttrs(attrs_bn_swish)
     .setMutateInputs(mutate_bn_swish)
@@ -632,6 +874,14 @@ REGISTER_OP(seesaw_bn_swish)
     .setInferShape(shape_bn_swish)
     .setForward(bn_swish_forward, "cpu")
     .setBackward(bn_swish_backward, "cpu");
+
+REGISTER_OP(seesaw_bn_swish_concat)
+    .setParseAttrs(attrs_bn_swish_concat)
+    .setMutateInputs(mutate_bn_swish_concat)
+    .setInferType(type_bn_swish_concat)
+    .setInferShape(shape_bn_swish_concat)
+    .setForward(bn_swish_concat_forward, "cpu")
+    .setBackward(bn_swish_concat_backward, "cpu");
 
 REGISTER_OP(seesaw_spatial_mean)
     .setParseAttrs(attrs_1in)
