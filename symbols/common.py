@@ -202,6 +202,21 @@ class FaceNet(HybridBlock):
                             stage.add(make_block(out_c, out_c, res_expansion, 1, f"res{j}_"))
                     self.stages.add(stage)
             self.head = GDCHead(table[-1][1], emb_size, act=act, prefix="head_")
+        for stage in self.stages:
+            for block in stage:
+                if hasattr(block, "emit_pieces"):
+                    block.emit_pieces = True
+
+    supports_fused_ops = True
 
     def hybrid_forward(self, F, x):
-        return self.head(self.stages(self.stem(x)))
+        x = self.stem(x)
+        if not fused.active(self):
+            return self.head(self.stages(x))
+        # Fused operators: blocks may pass their output on as channel pieces (SeesawBlock.emit_pieces).
+        pieces = (x,)
+        for stage in self.stages:
+            for block in stage:
+                out = block(*pieces)
+                pieces = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return self.head(pieces[0] if len(pieces) == 1 else F.concat(*pieces, dim=1))

@@ -65,26 +65,23 @@ class SeesawBlock(HybridBlock):
 
     supports_fused_ops = True
 
-    def hybrid_forward(self, F, x):
-        if fused.active(self):  # one uneven split op (backward: one concat) and concat + shuffle in one op
-            first, rest = F.seesaw_split(x, point=self.in_quarter)
-            y = self._expand_fused(F, first, rest)
-        else:
-            first = F.slice_axis(x, axis=1, begin=0, end=self.in_quarter)
-            rest = F.slice_axis(x, axis=1, begin=self.in_quarter, end=None)
-            y = F.concat(self.expand_1(first), self.expand_3(rest), dim=1)
-            if self.variant == "shuffle":
-                y = channel_shuffle(F, y, 2)
-        y = self.dw(y)
-        if fused.active(self):  # SE scale and the projections' uneven split in one op
-            point = self.e_quarter if self.variant == "shuffle" else self.e_three
-            low, high = F.seesaw_scale_split(y, self.se.gate(F, y), point=point)
-            if self.variant == "shuffle":
-                y = F.concat(self.project_1(low), self.project_3(high), dim=1)
-            else:
-                y = F.concat(self.project_3(low), self.project_1(high), dim=1)
-            return self._finish(F, x, y)
-        y = self.se(y)
+    # Set by FaceNet: with fused operators, a shuffle block hands its output to the next block as the two pieces
+    # that block's uneven split would cut (the projections write exactly those), so no concat and no split.
+    emit_pieces = False
+
+    def hybrid_forward(self, F, x, rest=None):
+        """``x`` (N, in_c, H, W), or (fused operators) ``x`` and ``rest`` = its first in_c/4 and the other
+        channels. Returns (N, out_c, H/s, W/s), or (fused, ``emit_pieces``) its two pieces."""
+        if fused.active(self):
+            return self._fused_forward(F, x, rest)
+        if rest is not None:
+            x = F.concat(x, rest, dim=1)
+        first = F.slice_axis(x, axis=1, begin=0, end=self.in_quarter)
+        rest = F.slice_axis(x, axis=1, begin=self.in_quarter, end=None)
+        y = F.concat(self.expand_1(first), self.expand_3(rest), dim=1)
+        if self.variant == "shuffle":
+            y = channel_shuffle(F, y, 2)
+        y = self.se(self.dw(y))
         if self.variant == "shuffle":
             y = F.concat(self.project_1(F.slice_axis(y, axis=1, begin=0, end=self.e_quarter)),
                          self.project_3(F.slice_axis(y, axis=1, begin=self.e_quarter, end=None)), dim=1)
@@ -92,6 +89,30 @@ class SeesawBlock(HybridBlock):
             y = F.concat(self.project_3(F.slice_axis(y, axis=1, begin=0, end=self.e_three)),
                          self.project_1(F.slice_axis(y, axis=1, begin=self.e_three, end=None)), dim=1)
         return self._finish(F, x, y)
+
+    def _fused_forward(self, F, x, rest):
+        """One uneven split op (unless given the pieces), both expansions + concat/shuffle in one op, the SE scale
+        and the projections' split in one op."""
+        whole = x if rest is None else None
+        if rest is None:
+            first, rest = F.seesaw_split(x, point=self.in_quarter)
+        else:
+            first = x
+        y = self.dw(self._expand_fused(F, first, rest))
+        point = self.e_quarter if self.variant == "shuffle" else self.e_three
+        low, high = F.seesaw_scale_split(y, self.se.gate(F, y), point=point)
+        if self.variant == "shuffle" and self.skip is None:
+            pieces = [self.project_1(low), self.project_3(high)]  # (out/4 | 3out/4): the next block's split
+            if self.residual:
+                pieces = [pieces[0] + first, pieces[1] + rest]
+            return tuple(pieces) if self.emit_pieces else F.concat(*pieces, dim=1)
+        if whole is None:
+            whole = F.concat(first, rest, dim=1)
+        if self.variant == "shuffle":
+            y = F.concat(self.project_1(low), self.project_3(high), dim=1)
+        else:
+            y = F.concat(self.project_3(low), self.project_1(high), dim=1)
+        return self._finish(F, whole, y)
 
     def _expand_fused(self, F, first, rest):
         """The two expansions, concatenated (and shuffled), with fused operators: both BatchNorm + swish and the

@@ -253,7 +253,7 @@ def _net_step(name, on, mode, batch=4):
 
 
 @pytest.mark.parametrize("name,mode", [("seesaw_shuffle", "static"), ("seesaw_share", "plain"),
-                                       ("mobilefacenet", "none")])
+                                       ("mobilefacenet", "none"), ("dw_seesaw_v2", "none")])
 def test_fused_network_trains_like_the_standard_one(name, mode):
     out_std, grads_std, stats_std = _net_step(name, False, mode)
     out_fused, grads_fused, stats_fused = _net_step(name, True, mode)
