@@ -60,6 +60,13 @@ MXReturnValue fail(const char* op, const char* what) {
   return MX_FAIL;
 }
 
+MXReturnValue all_float32_types(const char* op, std::vector<int>* in, std::vector<int>* out) {
+  for (int t : *in)
+    if (t != kFloat32) return fail(op, "only float32 inputs are supported");
+  for (auto& t : *out) t = kFloat32;
+  return MX_SUCCESS;
+}
+
 // ------------------------------------------------------------------------------------------- shapes
 
 MXReturnValue attrs_1in(const Attrs&, int* num_in, int* num_out) {
@@ -97,14 +104,18 @@ MXReturnValue shape_prelu(const Attrs&, std::vector<std::vector<unsigned int>>* 
   return MX_SUCCESS;
 }
 
+// What is wrong with x (N, C, ...) and a per-(image, channel) gate w (N, C, 1, ...), or nullptr.
+const char* scale_shape_error(const std::vector<unsigned int>& x, const std::vector<unsigned int>& w) {
+  if (x.size() < 2 || w.size() < 2 || w[0] != x[0] || w[1] != x[1]) return "expects x (N, C, ...) and w (N, C, 1, ...)";
+  for (size_t i = 2; i < w.size(); ++i)
+    if (w[i] != 1) return "w must be (N, C, 1, ...)";
+  return nullptr;
+}
+
 MXReturnValue shape_scale(const Attrs&, std::vector<std::vector<unsigned int>>* in,
                           std::vector<std::vector<unsigned int>>* out) {
   const auto& x = (*in)[0];
-  const auto& w = (*in)[1];
-  if (x.size() < 2 || w.size() < 2 || w[0] != x[0] || w[1] != x[1])
-    return fail("seesaw_scale", "expects x (N, C, ...) and w (N, C, 1, ...)");
-  for (size_t i = 2; i < w.size(); ++i)
-    if (w[i] != 1) return fail("seesaw_scale", "w must be (N, C, 1, ...)");
+  if (const char* error = scale_shape_error(x, (*in)[1])) return fail("seesaw_scale", error);
   (*out)[0] = x;
   return MX_SUCCESS;
 }
@@ -251,15 +262,21 @@ MXReturnValue attrs_shuffle(const Attrs& attrs, int* num_in, int* num_out) {
   return MX_SUCCESS;
 }
 
+// What is wrong with a (N, Ca, ...) and b (N, Cb, ...) as the two sides of a channel concat with a shuffle of
+// ``groups`` groups, or nullptr.
+const char* concat_shape_error(const std::vector<unsigned int>& a, const std::vector<unsigned int>& b, int groups) {
+  if (a.size() < 2 || a.size() != b.size() || a[0] != b[0]) return "a and b must be (N, Ca, ...) and (N, Cb, ...)";
+  for (size_t i = 2; i < a.size(); ++i)
+    if (a[i] != b[i]) return "a and b differ beyond axis 1";
+  if ((a[1] + b[1]) % groups) return "channels not divisible by groups";
+  return nullptr;
+}
+
 MXReturnValue shape_shuffle(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
                             std::vector<std::vector<unsigned int>>* out) {
   const auto& a = (*in)[0];
   const auto& b = (*in)[1];
-  if (a.size() < 2 || a.size() != b.size() || a[0] != b[0])
-    return fail("seesaw_concat_shuffle", "a and b must be (N, Ca, ...) and (N, Cb, ...)");
-  for (size_t i = 2; i < a.size(); ++i)
-    if (a[i] != b[i]) return fail("seesaw_concat_shuffle", "a and b differ beyond axis 1");
-  if ((a[1] + b[1]) % groups_of(attrs)) return fail("seesaw_concat_shuffle", "channels not divisible by groups");
+  if (const char* error = concat_shape_error(a, b, groups_of(attrs))) return fail("seesaw_concat_shuffle", error);
   (*out)[0] = a;
   (*out)[0][1] = a[1] + b[1];
   return MX_SUCCESS;
@@ -380,20 +397,13 @@ MXReturnValue attrs_scale_split(const Attrs& attrs, int* num_in, int* num_out) {
 }
 
 MXReturnValue type_scale_split(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  for (int t : *in)
-    if (t != kFloat32) return fail("seesaw_scale_split", "only float32 inputs are supported");
-  (*out)[0] = (*out)[1] = kFloat32;
-  return MX_SUCCESS;
+  return all_float32_types("seesaw_scale_split", in, out);
 }
 
 MXReturnValue shape_scale_split(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
                                 std::vector<std::vector<unsigned int>>* out) {
   const auto& x = (*in)[0];
-  const auto& w = (*in)[1];
-  if (x.size() < 2 || w.size() < 2 || w[0] != x[0] || w[1] != x[1])
-    return fail("seesaw_scale_split", "expects x (N, C, ...) and w (N, C, 1, ...)");
-  for (size_t i = 2; i < w.size(); ++i)
-    if (w[i] != 1) return fail("seesaw_scale_split", "w must be (N, C, 1, ...)");
+  if (const char* error = scale_shape_error(x, (*in)[1])) return fail("seesaw_scale_split", error);
   const int64_t k = point_of(attrs);
   if (k >= static_cast<int64_t>(x[1])) return fail("seesaw_scale_split", "point must be in [1, C)");
   (*out)[0] = x;
@@ -488,10 +498,7 @@ MXReturnValue mutate_bn_swish(const Attrs&, std::vector<int>* input_indices) {
 }
 
 MXReturnValue type_bn_swish(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  for (int t : *in)
-    if (t != kFloat32) return fail("seesaw_bn_swish", "only float32 inputs are supported");
-  for (auto& t : *out) t = kFloat32;
-  return MX_SUCCESS;
+  return all_float32_types("seesaw_bn_swish", in, out);
 }
 
 MXReturnValue shape_bn_swish(const Attrs&, std::vector<std::vector<unsigned int>>* in,
@@ -682,27 +689,20 @@ MXReturnValue mutate_bn_swish_concat(const Attrs&, std::vector<int>* input_indic
 }
 
 MXReturnValue type_bn_swish_concat(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  for (int t : *in)
-    if (t != kFloat32) return fail("seesaw_bn_swish_concat", "only float32 inputs are supported");
-  for (auto& t : *out) t = kFloat32;
-  return MX_SUCCESS;
+  return all_float32_types("seesaw_bn_swish_concat", in, out);
 }
 
 MXReturnValue shape_bn_swish_concat(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
                                     std::vector<std::vector<unsigned int>>* out) {
   const auto& a = (*in)[0];
   const auto& b = (*in)[1];
-  if (a.size() < 2 || a.size() != b.size() || a[0] != b[0])
-    return fail("seesaw_bn_swish_concat", "a and b must be (N, Ca, ...) and (N, Cb, ...)");
-  for (size_t i = 2; i < a.size(); ++i)
-    if (a[i] != b[i]) return fail("seesaw_bn_swish_concat", "a and b differ beyond axis 1");
+  if (const char* error = concat_shape_error(a, b, groups_of(attrs))) return fail("seesaw_bn_swish_concat", error);
   for (int i = 2; i <= 9; ++i) {
     const unsigned int c = i < 6 ? a[1] : b[1];
     if ((*in)[i].size() != 1 || (*in)[i][0] != c)
       return fail("seesaw_bn_swish_concat", "each side's gamma, beta, running_mean and running_var must be (C,)");
   }
   if ((*in)[10].size() != 1 || (*in)[10][0] != 1) return fail("seesaw_bn_swish_concat", "is_train must be (1,)");
-  if ((a[1] + b[1]) % groups_of(attrs)) return fail("seesaw_bn_swish_concat", "channels not divisible by groups");
   (*out)[0] = a;
   (*out)[0][1] = a[1] + b[1];
   (*out)[1] = (*out)[2] = std::vector<unsigned int>{a[1]};
