@@ -8,7 +8,10 @@ splits (``slice_axis`` pairs; ``split_v2`` is slower still), and BatchNorm follo
 is kept for the swish backward). The library replaces each with one forward and one backward pass
 (``seesaw_swish``, ``seesaw_spatial_mean``, ``seesaw_scale``, ``seesaw_prelu``, ``seesaw_concat_shuffle``,
 ``seesaw_split``, ``seesaw_bn_swish``) computing the same values, BatchNorm running statistics included (tests/test_fused.py
-compares outputs, gradients and statistics).
+compares outputs, gradients and statistics). A library operator keeps all its inputs and outputs until its backward
+has run (``lib_api`` hands them all to the backward), so a Seesaw block also fuses along its data flow
+(``seesaw_bn_swish_concat``: both expansions' BatchNorm + swish into the shuffled map; ``seesaw_scale_split``: the SE
+scale into the two projection inputs) and a shuffle block passes its output on as the next block's two pieces.
 
 Usage (``recipes/train.py`` does this for CPU training)::
 
