@@ -280,6 +280,20 @@ def test_standard_ops_context_traces_without_library_operators():
     assert not any(node["op"].startswith("seesaw_") for node in json.loads(net(mx.sym.var("data")).tojson())["nodes"])
 
 
+@pytest.mark.parametrize("name,splits,concats", [("seesaw_shuffle", 1, 1), ("seesaw_share", 15, 15)])
+def test_seesaw_graph_is_fused_along_its_data_flow(name, splits, concats):
+    """Library operators keep their inputs and outputs for the backward, so nothing may sit between them that
+    only copies: per block one seesaw_bn_swish_concat and one seesaw_scale_split; a shuffle network splits
+    only the stem's output and concatenates once, for the head (its blocks pass channel pieces on); a share
+    network splits every block's input and concatenates every block's projections."""
+    net = symbols.get_model(name, emb_size=32)
+    fused.enable(net)
+    ops = [node["op"] for node in json.loads(net(mx.sym.var("data")).tojson())["nodes"]]
+    assert ops.count("seesaw_bn_swish_concat") == 15 and ops.count("seesaw_scale_split") == 15
+    assert ops.count("seesaw_split") == splits and ops.count("Concat") == concats
+    assert "seesaw_concat_shuffle" not in ops and "seesaw_scale" not in ops
+
+
 def test_build_reports_compiler_errors(tmp_path):
     with pytest.raises(RuntimeError, match="cannot run .*no-such-compiler"):
         fused.build(str(tmp_path / "lib.so"), compiler=str(tmp_path / "no-such-compiler"))
