@@ -116,8 +116,8 @@ def share_onnx_threads(threads=None):
     if _SHARED_ONNX_THREADS is None:
         from onnxruntime.capi import _pybind_state
 
-        _pybind_state.set_global_thread_pool_sizes(int(threads or 0), 1)
         _SHARED_ONNX_THREADS = int(threads or 0)
+        _pybind_state.set_global_thread_pool_sizes(_SHARED_ONNX_THREADS, 1)
     return _SHARED_ONNX_THREADS
 
 

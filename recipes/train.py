@@ -168,9 +168,10 @@ def hybridize_backbone(backbone, mode):
     Measured in MXNet 1.9.1 on CPU, where MXNet does not pool host memory: a plain cached graph allocates
     every activation afresh each step and glibc's heap fragments (seesaw_shuffle, batch 64: resident memory
     after a step grows 2.8 → 4.0 GB over five steps, peak 4.6 GB); ``static_alloc`` plans the buffers once
-    and reuses them (peak 3.8 GB, same or better speed; MobileFaceNet ran ~8% slower with it, so its own
-    config file keeps ``plain``). ``alloc``, ``static`` and ``plain`` give bit-identical
-    gradients and BatchNorm statistics to the imperative network (checked over three steps for every
+    and reuses them (peak 3.8 GB against 4.6 then, 3.25 GB with the data-flow fused operators; same or better
+    speed; MobileFaceNet ran ~8% slower with it, so its own config file keeps ``plain``). ``alloc``,
+    ``static`` and ``plain`` give bit-identical gradients and BatchNorm statistics to the imperative network
+    (checked over three steps for every
     network family, fused operators on and off; tests/test_train.py checks whole runs); ``static`` needs
     ~1.6× the memory. oneDNN graph fusion (``backend='MKLDNN'``) folds BatchNorm into the convolutions and
     gives zero gradients, so it is used for verification only (:class:`Verifier`).

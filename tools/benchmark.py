@@ -252,9 +252,9 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     info = machine_info()
     info["threads"] = threads or os.cpu_count()
-    from eval import verification
+    from eval.verification import onnx_session_options
 
-    info["onnx_thread_pool"] = "shared" if verification._SHARED_ONNX_THREADS is not None else "per session"
+    info["onnx_thread_pool"] = "per session" if onnx_session_options().use_per_session_threads else "shared"
     matmul_before = matmul_gflops(threads=threads)
     say("matrix multiply GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in matmul_before.items()))
     calib = np.random.RandomState(0).normal(0, 0.6, (32, 3, 112, 112)).astype(np.float32)

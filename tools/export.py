@@ -217,9 +217,7 @@ def onnx_session(model_or_path, threads=None):
 
     from eval.verification import onnx_session_options
 
-    options = onnx_session_options()
-    if threads and options.use_per_session_threads:
-        options.intra_op_num_threads = threads
+    options = onnx_session_options(threads)
     data = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else model_or_path
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 

@@ -203,38 +203,28 @@ MXReturnValue prelu_backward(const Attrs&, std::vector<MXTensor>* in, std::vecto
 
 // ------------------------------------------------------------------------------------------- scale
 
-MXReturnValue scale_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                            const OpResource&) {
-  if (!all_float32(*in)) return fail("seesaw_scale", "float32 only");
-  const Planes p = planes_of((*in)[0]);
-  const float* x = (*in)[0].data<float>();
-  const float* w = (*in)[1].data<float>();
-  float* y = (*out)[0].data<float>();
+// y = x * w[n, c] plane by plane; plane_of(img, c) says where each output plane goes (the same layout as x, or
+// split across two tensors).
+template <class PlaneOf>
+void scale_planes(const float* x, const float* w, const Planes& p, PlaneOf plane_of) {
 #pragma omp parallel for schedule(static)
   for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
     const float g = w[plane];
     const float* xp = x + plane * p.s;
-    float* yp = y + plane * p.s;
+    float* yp = plane_of(plane / p.c, plane % p.c);
 #pragma omp simd
     for (int64_t i = 0; i < p.s; ++i) yp[i] = xp[i] * g;
   }
-  return MX_SUCCESS;
 }
 
-// inputs: dy, x, w, y   outputs: dx, dw
-MXReturnValue scale_backward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                             const OpResource&) {
-  const Planes p = planes_of((*in)[1]);
-  const float* dy = (*in)[0].data<float>();
-  const float* x = (*in)[1].data<float>();
-  const float* w = (*in)[2].data<float>();
-  float* dx = (*out)[0].data<float>();
-  float* dw = (*out)[1].data<float>();
+// dx = dy * w[n, c] and dw[n, c] = sum(dy * x); plane_of(img, c) says where each dy plane is.
+template <class PlaneOf>
+void scale_planes_backward(const float* x, const float* w, const Planes& p, PlaneOf plane_of, float* dx, float* dw) {
 #pragma omp parallel for schedule(static)
   for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
     const float g = w[plane];
     const float* xp = x + plane * p.s;
-    const float* dyp = dy + plane * p.s;
+    const float* dyp = plane_of(plane / p.c, plane % p.c);
     float* dxp = dx + plane * p.s;
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
@@ -244,6 +234,26 @@ MXReturnValue scale_backward(const Attrs&, std::vector<MXTensor>* in, std::vecto
     }
     dw[plane] = acc;
   }
+}
+
+MXReturnValue scale_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                            const OpResource&) {
+  if (!all_float32(*in)) return fail("seesaw_scale", "float32 only");
+  const Planes p = planes_of((*in)[0]);
+  float* y = (*out)[0].data<float>();
+  scale_planes((*in)[0].data<float>(), (*in)[1].data<float>(), p,
+               [&](int64_t img, int64_t c) { return y + (img * p.c + c) * p.s; });
+  return MX_SUCCESS;
+}
+
+// inputs: dy, x, w, y   outputs: dx, dw
+MXReturnValue scale_backward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                             const OpResource&) {
+  const Planes p = planes_of((*in)[1]);
+  const float* dy = (*in)[0].data<float>();
+  scale_planes_backward((*in)[1].data<float>(), (*in)[2].data<float>(), p,
+                        [&](int64_t img, int64_t c) { return dy + (img * p.c + c) * p.s; },
+                        (*out)[0].data<float>(), (*out)[1].data<float>());
   return MX_SUCCESS;
 }
 
@@ -423,18 +433,10 @@ MXReturnValue scale_split_forward(const Attrs& attrs, std::vector<MXTensor>* in,
   if (!all_float32(*in)) return fail("seesaw_scale_split", "float32 only");
   const Planes p = planes_of((*in)[0]);
   const int64_t k = point_of(attrs);
-  const float* x = (*in)[0].data<float>();
-  const float* w = (*in)[1].data<float>();
   float* a = (*out)[0].data<float>();
   float* b = (*out)[1].data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
-    const float g = w[plane];
-    const float* xp = x + plane * p.s;
-    float* yp = split_plane(a, b, plane / p.c, plane % p.c, p.c, k, p.s);
-#pragma omp simd
-    for (int64_t i = 0; i < p.s; ++i) yp[i] = xp[i] * g;
-  }
+  scale_planes((*in)[0].data<float>(), (*in)[1].data<float>(), p,
+               [&](int64_t img, int64_t c) { return split_plane(a, b, img, c, p.c, k, p.s); });
   return MX_SUCCESS;
 }
 
@@ -445,24 +447,9 @@ MXReturnValue scale_split_backward(const Attrs& attrs, std::vector<MXTensor>* in
   const int64_t k = point_of(attrs);
   float* da = (*in)[0].data<float>();
   float* db = (*in)[1].data<float>();
-  const float* x = (*in)[2].data<float>();
-  const float* w = (*in)[3].data<float>();
-  float* dx = (*out)[0].data<float>();
-  float* dw = (*out)[1].data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t plane = 0; plane < p.n * p.c; ++plane) {
-    const float g = w[plane];
-    const float* xp = x + plane * p.s;
-    const float* dyp = split_plane(da, db, plane / p.c, plane % p.c, p.c, k, p.s);
-    float* dxp = dx + plane * p.s;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < p.s; ++i) {
-      dxp[i] = dyp[i] * g;
-      acc += dyp[i] * xp[i];
-    }
-    dw[plane] = acc;
-  }
+  scale_planes_backward((*in)[2].data<float>(), (*in)[3].data<float>(), p,
+                        [&](int64_t img, int64_t c) { return split_plane(da, db, img, c, p.c, k, p.s); },
+                        (*out)[0].data<float>(), (*out)[1].data<float>());
   return MX_SUCCESS;
 }
 
