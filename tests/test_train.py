@@ -12,6 +12,7 @@ from recipes import checkpoint as ckpt
 from recipes import config
 from recipes import train
 from recipes.callbacks import Callback
+from tools import _cli as tools_cli
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,9 @@ def test_mobilefacenet_with_verification_and_plot(data_dir, tmp_path):
     assert os.path.getsize(tmp_path / "curves.png") > 1000
     log = open(tmp_path / "train.log").read()
     assert "[synth_lfw]" in log and "samples/s" in log and "ETA" in log
+    tuned = tools_cli.tune_malloc() is not None  # what --malloc-tuning (on by default) could do on this system
+    assert ("malloc: mmap_max 0, trim_threshold 2147483647 (after the first step)" in log) == tuned
+    assert ("malloc: not tuned" in log) == (not tuned)
 
     # the exported embedding network loads with mx.model.load_checkpoint and matches the live network
     # (trained with the fused CPU operators when they build; the saved graph holds standard operators only)

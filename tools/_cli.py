@@ -35,3 +35,41 @@ def use_all_cores():
     cores = str(os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", cores)
     os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", cores)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+MALLOC_SETTINGS = {"mmap_max": 0, "trim_threshold": 2 ** 31 - 1}
+
+
+def tune_malloc():
+    """Keep large buffers in glibc's heap for the rest of the process (CPU training, after its first step).
+
+    MXNet 1.9.1 mallocs a fresh plain-layout copy of oneDNN's blocked tensors for every operator call that
+    is not a oneDNN one, forward and backward; glibc serves each copy above its mmap threshold by a fresh
+    ``mmap`` and unmaps it at ``free``, so every page of it faults again on the next call (~200k minor
+    faults per seesaw_shuffle step at batch 64). ``mallopt``: no ``mmap`` for allocations (``M_MMAP_MAX``
+    0) and no trimming of the heap below 2 GB of free top (``M_TRIM_THRESHOLD``); freed copies are then
+    reused in place. Measured (seesaw_shuffle, batch 64, 2 cores, separate processes alternating):
+    52.0 / 52.2 / 47.7 → 59.4 / 60.2 / 58.4 samples/s, system time 5.3–5.8 → 1.5–1.6 s and minor faults
+    3.1–3.4 M → 0.83–0.86 M per 15 steps, peak memory +0.25 GB; training bit-identical (parameters after six
+    steps, every network family).
+
+    Returns the settings applied, or ``None`` where glibc's ``mallopt`` is not available (other C libraries,
+    other systems). One-device CPU training runs its operators in the main thread (``NaiveEngine``), whose
+    heap has no size limit; in other threads an allocation larger than an arena heap (64 MB) is still mapped.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    codes = {"mmap_max": _M_MMAP_MAX, "trim_threshold": _M_TRIM_THRESHOLD}
+    if not all(mallopt(codes[key], value) == 1 for key, value in MALLOC_SETTINGS.items()):
+        return None
+    return dict(MALLOC_SETTINGS)

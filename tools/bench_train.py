@@ -34,8 +34,14 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True):
-    """Time ``steps`` training steps after ``warmup`` ones; returns a result dict (runs in this process)."""
+def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, malloc=True):
+    """Time ``steps`` training steps after ``warmup`` ones; returns a result dict (runs in this process).
+    ``malloc``: tune glibc's malloc after the first step, as ``recipes/train.py`` does for CPU training
+    (``--malloc-tuning``; one untimed step is run for it even with ``warmup`` 0)."""
+    import resource
+
+    from tools._cli import tune_malloc
+
     import mxnet as mx
     import numpy as np
 
@@ -67,15 +73,23 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True):
     rng = np.random.RandomState(0)
     data = mx.nd.array(rng.uniform(-1, 1, (batch_size, 3, 112, 112)).astype(np.float32))
     label = mx.nd.array(rng.randint(0, classes, batch_size).astype(np.float32))
-    for _ in range(warmup):
+    tuned = None
+    for i in range(max(warmup, 1 if malloc else 0)):
         train_step(state, data, label, loss_fn)
+        if malloc and i == 0:  # as recipes/train.py: after the first step (tune_malloc_after_first_step)
+            tuned = tune_malloc()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(steps):
         train_step(state, data, label, loss_fn)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     images = steps * batch_size
     return {"network": network, "hybridize": hybridize, "fused": fused, "batch_size": batch_size, "steps": steps,
             "samples_per_sec": images / wall, "samples_per_cpu_sec": images / cpu,
+            "system_seconds_per_step": (usage.ru_stime - usage0.ru_stime) / steps,
+            "page_faults_per_step": (usage.ru_minflt - usage0.ru_minflt) / steps,
+            "malloc": "tuned" if tuned else "default",
             "cores": os.cpu_count(), "peak_rss_gb": peak_rss_gb(), "engine": engine}
 
 
@@ -91,6 +105,11 @@ def build_parser():
     parser.add_argument("--fused", default="on", help="comma-separated: on (symbols.fused operators), off")
     parser.add_argument("--engine", default="auto",
                         help="comma-separated: auto (as train.py: NaiveEngine on one CPU device), threaded")
+    parser.add_argument("--malloc", default="tuned",
+                        help="comma-separated: tuned (glibc malloc as recipes/train.py sets it for CPU training, "
+                             "--malloc-tuning), default (glibc's own settings)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every configuration this many times, alternating (the machine drifts)")
     parser.add_argument("--classes", type=int, default=1000, help="identities of the ArcFace head")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="OMP_NUM_THREADS and MXNET_CPU_WORKER_NTHREADS unless already set (as train.py)")
@@ -102,9 +121,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args._one:
-        network, mode, fused = args._one.split(":")
+        network, mode, fused, malloc = args._one.split(":")
         print(json.dumps(measure(network, args.batch_size, args.steps, args.warmup, mode, args.classes,
-                                 fused == "on")))
+                                 fused == "on", malloc == "tuned")))
         return 0
     import symbols
     networks = [n.strip() for n in args.networks.split(",") if n.strip()]
@@ -121,14 +140,19 @@ def main(argv=None):
     engines = [e.strip() for e in args.engine.split(",") if e.strip()]
     if set(engines) - {"auto", "threaded"}:
         raise ValueError(f"--engine takes auto and/or threaded, got {args.engine!r}")
+    mallocs = [m.strip() for m in args.malloc.split(",") if m.strip()]
+    if set(mallocs) - {"tuned", "default"}:
+        raise ValueError(f"--malloc takes tuned and/or default, got {args.malloc!r}")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
     results = []
-    print(f"{'network':<16} {'mode':<7} {'fused':<5} {'engine':<24} {'batch':>5} {'samples/s':>10} "
-          f"{'per CPU-s':>10} {'peak GB':>8}",
+    print(f"{'network':<16} {'mode':<7} {'fused':<5} {'malloc':<7} {'engine':<24} {'batch':>5} {'samples/s':>10} "
+          f"{'per CPU-s':>10} {'sys s/step':>10} {'peak GB':>8}",
           flush=True)
-    for network, mode, fused, engine in [(n, m, f, e) for n in networks for m in modes for f in fused_modes
-                                         for e in engines]:
-        cmd = [sys.executable, os.path.abspath(__file__), "--_one", f"{network}:{mode}:{fused}", "--batch-size",
-               str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+    configs = [(n, m, f, e, a) for n in networks for m in modes for f in fused_modes for e in engines for a in mallocs]
+    for network, mode, fused, engine, malloc in configs * args.repeat:
+        cmd = [sys.executable, os.path.abspath(__file__), "--_one", f"{network}:{mode}:{fused}:{malloc}",
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--classes", str(args.classes)]
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(args.threads))  # as recipes/train.py sets them
@@ -140,9 +164,9 @@ def main(argv=None):
             raise RuntimeError(f"{network}/{mode} failed: {proc.stderr.strip().splitlines()[-1:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(result)
-        print(f"{network:<16} {result['hybridize']:<7} {fused:<5} {result['engine']:<24} {args.batch_size:>5} "
-              f"{result['samples_per_sec']:>10.1f} "
-              f"{result['samples_per_cpu_sec']:>10.1f} {result['peak_rss_gb']:>8.2f}", flush=True)
+        print(f"{network:<16} {result['hybridize']:<7} {fused:<5} {result['malloc']:<7} {result['engine']:<24} "
+              f"{args.batch_size:>5} {result['samples_per_sec']:>10.1f} {result['samples_per_cpu_sec']:>10.1f} "
+              f"{result['system_seconds_per_step']:>10.2f} {result['peak_rss_gb']:>8.2f}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
