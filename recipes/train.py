@@ -170,8 +170,8 @@ def hybridize_backbone(backbone, mode):
     every activation afresh each step and glibc's heap fragments (seesaw_shuffle, batch 64: resident memory
     after a step grows 2.8 → 4.0 GB over five steps, peak 4.6 GB); ``static_alloc`` plans the buffers once
     and reuses them (peak 3.8 GB against 4.6 then, 3.25 GB with the data-flow fused operators; same or better
-    speed; MobileFaceNet ran ~8% slower with it under glibc's default malloc, as fast and with 0.6 GB less
-    under the recipe's malloc tuning, :func:`tools._cli.tune_malloc`). ``alloc``,
+    speed; MobileFaceNet ran ~8% slower with it under glibc's default malloc, as fast and with 0.2–0.7 GB
+    less under the recipe's malloc tuning, :func:`tools._cli.tune_malloc`). ``alloc``,
     ``static`` and ``plain`` give bit-identical gradients and BatchNorm statistics to the imperative network
     (checked over three steps for every
     network family, fused operators on and off; tests/test_train.py checks whole runs); ``static`` needs
@@ -237,8 +237,9 @@ def tune_malloc_after_first_step(state):
 
     The first step allocates the graph's static buffers (``static_alloc``) and the optimizer state; glibc
     still maps those apart from its heap, so the heap that then serves the per-operator copies does not
-    fragment around them (measured, batch 64, peak memory over glibc's defaults: +0.08–0.1 GB this way,
-    +0.3 GB when tuned before the first step; the same system time saved).
+    fragment around them (measured, seesaw_shuffle at batch 64, four alternating rounds: peak memory
+    3.30–3.38 GB this way, 3.47–3.54 GB tuned before the first step, 3.25–3.27 GB untuned; samples/s
+    59.2 / 59.1 / 57.1 / 55.3, 58.5 / 60.5 / 60.7 / 53.9 and 51.9 / 54.5 / 47.5 / 52.7).
     """
     state.malloc_pending = False
     tuned = tune_malloc()

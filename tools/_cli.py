@@ -50,10 +50,10 @@ def tune_malloc():
     ``mmap`` and unmaps it at ``free``, so every page of it faults again on the next call (~200k minor
     faults per seesaw_shuffle step at batch 64). ``mallopt``: no ``mmap`` for allocations (``M_MMAP_MAX``
     0) and no trimming of the heap below 2 GB of free top (``M_TRIM_THRESHOLD``); freed copies are then
-    reused in place. Measured (seesaw_shuffle, batch 64, 2 cores, separate processes alternating):
-    52.0 / 52.2 / 47.7 → 59.4 / 60.2 / 58.4 samples/s, system time 5.3–5.8 → 1.5–1.6 s and minor faults
-    3.1–3.4 M → 0.83–0.86 M per 15 steps, peak memory +0.25 GB; training bit-identical (parameters after six
-    steps, every network family).
+    reused in place. Measured (seesaw_shuffle, batch 64, 2 cores, separate processes alternating, tuned
+    after the first step): system time per step 0.24–0.32 → 0.00 s, minor faults per step 150–180k → ~2k,
+    samples/s 51.9 / 54.5 / 47.5 / 52.7 → 59.2 / 59.1 / 57.1 / 55.3, peak memory +0.05–0.1 GB; training
+    bit-identical (parameters after six steps, every network family).
 
     Returns the settings applied, or ``None`` where glibc's ``mallopt`` is not available (other C libraries,
     other systems). One-device CPU training runs its operators in the main thread (``NaiveEngine``), whose
