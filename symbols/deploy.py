@@ -165,10 +165,20 @@ class DeployGraph:
             elif op == "add":
                 out = mx.sym.elemwise_add(xs[0], xs[1], name=name)
             elif op == "prelu":
-                # MXNet's own PReLU is its fastest form (ONNX Runtime's is not, see to_onnx).
-                gname = name + "_alpha"
-                out = mx.sym.LeakyReLU(xs[0], gamma=mx.sym.var(gname), act_type="prelu", name=name)
-                arg_params[gname] = mx.nd.array(self.params[gname])
+                # ``x + (1 − a)·relu(−x)`` with two 1×1 depthwise convolutions, as in to_onnx: oneDNN fuses the
+                # relu and the add into them and keeps its blocked layout. MXNet's own ``LeakyReLU(prelu)``
+                # runs a generic broadcast kernel in plain layout: MobileFaceNet's folded graph took 22.4 ms at
+                # batch 1 and 37 img/s at batch 32 that way, 5.9 ms and 178 img/s this way.
+                alpha = self.params[name + "_alpha"]
+                c = len(alpha)
+                arg_params[name + "_neg"] = mx.nd.array(np.full((c, 1, 1, 1), -1, np.float32))
+                arg_params[name + "_rest"] = mx.nd.array((1 - alpha).reshape(c, 1, 1, 1).astype(np.float32))
+                neg = mx.sym.Convolution(xs[0], weight=mx.sym.var(name + "_neg"), kernel=(1, 1), num_filter=c,
+                                         num_group=c, no_bias=True, name=name + "_negx")
+                neg = mx.sym.Activation(neg, act_type="relu", name=name + "_neg_part")
+                delta = mx.sym.Convolution(neg, weight=mx.sym.var(name + "_rest"), kernel=(1, 1), num_filter=c,
+                                           num_group=c, no_bias=True, name=name + "_delta")
+                out = mx.sym.elemwise_add(delta, xs[0], name=name)
             elif op == "gap":
                 out = mx.sym.Pooling(xs[0], kernel=(1, 1), global_pool=True, pool_type="avg", name=name)
             elif op == "maxpool2":

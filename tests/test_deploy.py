@@ -88,9 +88,14 @@ def test_cells_layout_keeps_the_seesaw_multiply_adds():
         assert build_deploy_graph(net, "cells").madds() == count_model(name)["madds"]
 
 
-def test_mobilefacenet_swish_and_prelu_fold(probe):
-    net = _trained_like("mobilefacenet", act="swish")
-    assert np.abs(_run_graph(build_deploy_graph(net), probe) - net(probe).asnumpy()).max() <= 1e-4
+@pytest.mark.parametrize("act", ["swish", "prelu"])
+def test_mobilefacenet_swish_and_prelu_fold(probe, act):
+    net = _trained_like("mobilefacenet", seed=5, act=act)  # PReLU slopes in (-0.2, 1.3)
+    graph = build_deploy_graph(net)
+    assert np.abs(_run_graph(graph, probe) - net(probe).asnumpy()).max() <= 1e-4
+    # PReLU as x + (1 - a)·relu(-x) with 1×1 depthwise convolutions (oneDNN-fused), not MXNet's slow LeakyReLU
+    ops = {node["op"] for node in json.loads(graph.to_symbol()[0].tojson())["nodes"]}
+    assert "LeakyReLU" not in ops
 
 
 def test_shuffle_permutation_matches_channel_shuffle():
