@@ -77,7 +77,8 @@ OPTIONS = {
                                   "one device per process, GPU local_rank when there are GPUs)"),
     "amp": ("devices", False, "mixed precision (float16 on GPU; ignored with a warning on CPU)"),
     "malloc_tuning": ("devices", True, "CPU training: keep MXNet's per-operator buffers in glibc's heap instead of "
-                                       "fresh mappings (tools/_cli.py tune_malloc, after the first step; measured 1.1–1.2× the samples/s, +0.1 GB peak)"),
+                                       "fresh mappings (tools/_cli.py tune_malloc, after the first step; measured "
+                                       "1.1–1.2× the samples/s, +0.1 GB peak)"),
     # evaluation
     "eval_sets": ("evaluation", None, "comma-separated .bin set names (default: every *.bin in --data-dir; none: no verification)"),
     "eval_interval": ("evaluation", 0, "also verify every N batches (0: only at each epoch end)"),

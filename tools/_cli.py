@@ -47,7 +47,7 @@ def tune_malloc():
 
     MXNet 1.9.1 mallocs a fresh plain-layout copy of oneDNN's blocked tensors for every operator call that
     is not a oneDNN one, forward and backward; glibc serves each copy above its mmap threshold by a fresh
-    ``mmap`` and unmaps it at ``free``, so every page of it faults again on the next call (~200k minor
+    ``mmap`` and unmaps it at ``free``, so every page of it faults again on the next call (150–180k minor
     faults per seesaw_shuffle step at batch 64). ``mallopt``: no ``mmap`` for allocations (``M_MMAP_MAX``
     0) and no trimming of the heap below 2 GB of free top (``M_TRIM_THRESHOLD``); freed copies are then
     reused in place. Measured (seesaw_shuffle, batch 64, 2 cores, separate processes alternating, tuned
