@@ -169,10 +169,9 @@ class DeployGraph:
                 # relu and the add into them and keeps its blocked layout. MXNet's own ``LeakyReLU(prelu)``
                 # runs a generic broadcast kernel in plain layout: MobileFaceNet's folded graph took 22.4 ms at
                 # batch 1 and 37 img/s at batch 32 that way, 5.9 ms and 178 img/s this way.
-                alpha = self.params[name + "_alpha"]
-                c = len(alpha)
-                arg_params[name + "_neg"] = mx.nd.array(np.full((c, 1, 1, 1), -1, np.float32))
-                arg_params[name + "_rest"] = mx.nd.array((1 - alpha).reshape(c, 1, 1, 1).astype(np.float32))
+                c = len(self.params[name + "_alpha"])
+                for key, value in _prelu_conv_weights(name, self.params[name + "_alpha"]).items():
+                    arg_params[key] = mx.nd.array(value)
                 neg = mx.sym.Convolution(xs[0], weight=mx.sym.var(name + "_neg"), kernel=(1, 1), num_filter=c,
                                          num_group=c, no_bias=True, name=name + "_negx")
                 neg = mx.sym.Activation(neg, act_type="relu", name=name + "_neg_part")
@@ -225,11 +224,9 @@ class DeployGraph:
                 # them in its blocked (NCHWc) layout and fuses the relu and the add into them; its PRelu kernel
                 # and a Max both run in plain NCHW behind layout conversions (measured 1.75× slower end to end
                 # for MobileFaceNet at batch 1).
-                alpha = self.params[name + "_alpha"]
-                c = len(alpha)
-                inits.append(numpy_helper.from_array(np.full((c, 1, 1, 1), -1, np.float32), name + "_neg"))
-                inits.append(numpy_helper.from_array((1 - alpha).reshape(c, 1, 1, 1).astype(np.float32),
-                                                     name + "_rest"))
+                c = len(self.params[name + "_alpha"])
+                for key, value in _prelu_conv_weights(name, self.params[name + "_alpha"]).items():
+                    inits.append(numpy_helper.from_array(value, key))
                 nodes.append(helper.make_node("Conv", xs + [name + "_neg"], [name + "_negx"], group=c,
                                               kernel_shape=[1, 1]))
                 nodes.append(helper.make_node("Relu", [name + "_negx"], [name + "_neg_part"]))
@@ -269,6 +266,14 @@ class DeployGraph:
 
 
 # -------------------------------------------------------------------- folding helpers
+def _prelu_conv_weights(name, alpha):
+    """Weights of PReLU as ``x + (1 − a)·relu(−x)``: ``{name_neg: −1, name_rest: 1 − a}``, each (C, 1, 1, 1) for
+    a 1×1 depthwise convolution (both backends lower PReLU this way)."""
+    c = len(alpha)
+    return {name + "_neg": np.full((c, 1, 1, 1), -1, np.float32),
+            name + "_rest": (1 - np.asarray(alpha, np.float32)).reshape(c, 1, 1, 1)}
+
+
 def fold_batchnorm(conv_weight, bn_params, eps):
     """Fold an inference BatchNorm into the convolution before it.
 
