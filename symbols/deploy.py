@@ -346,24 +346,35 @@ class _Lowering:
                 out.append((self.g.prelu(name, spec[1][idx]), idx))
         return out
 
-    def dense(self, pieces, weight, bias, groups, stride=1, pad=0):
+    def dense(self, pieces, weight, bias, groups, stride=1, pad=0, residual=None):
         """Dense conv ``weight`` (O, I, kh, kw) over the logical input held in ``pieces``.
 
         ``groups`` lists the output tensors to make; each is a list of row-index arrays (sub-groups,
         concatenated). A sub-group is the sum of one convolution per input piece it has non-zero weights
         for (the bias goes into the first). Returns the output pieces.
+
+        ``residual``: pieces lining up with ``groups`` (one sub-group each) added to the output. The sum
+        starts from them, so every add has a convolution's output as its newest term: ONNX Runtime fuses such
+        an add into the convolution (its ``Sum`` input), but only one per convolution, so an add of two
+        finished sums would stay a separate pass.
         """
+        if residual is not None and (len(residual) != len(groups) or any(len(g) != 1 for g in groups)):
+            raise ValueError("residual pieces do not line up with the output groups")
         out = []
-        for group in groups:
+        for k, group in enumerate(groups):
             parts = []
             for rows in group:
                 acc = None
+                if residual is not None:
+                    acc, idx_r = residual[k]
+                    if not np.array_equal(idx_r, rows):
+                        raise ValueError("residual pieces do not line up")
                 used = [(name, idx) for name, idx in pieces if np.any(weight[rows][:, idx])] or pieces[:1]
-                for name, idx in used:
+                for j, (name, idx) in enumerate(used):
                     w = weight[rows][:, idx]
                     if self.slice_reads:
                         name, idx, w = self._narrow(name, idx, w)
-                    b = bias[rows] if acc is None else np.zeros(len(rows))
+                    b = bias[rows] if j == 0 else np.zeros(len(rows))
                     y = self.g.conv(name, w, b, stride=stride, pad=pad)
                     acc = y if acc is None else self.g.add(y, acc, len(rows))
                 parts.append(acc)
@@ -383,14 +394,6 @@ class _Lowering:
     def depthwise(self, pieces, weight, bias, stride, pad):
         return [(self.g.conv(name, weight[idx], bias[idx], stride=stride, pad=pad, groups=len(idx)), idx)
                 for name, idx in pieces]
-
-    def add(self, a_pieces, b_pieces):
-        out = []
-        for (a, idx_a), (b, idx_b) in zip(a_pieces, b_pieces):
-            if not np.array_equal(idx_a, idx_b):
-                raise ValueError("residual pieces do not line up")
-            out.append((self.g.add(a, b, len(idx_a)), idx_a))
-        return out
 
     def se(self, pieces, se):
         """SE block over the pieces of one feature map (channel order of the pieces is arbitrary)."""
@@ -492,15 +495,12 @@ def _lower_seesaw(low, block, pieces, out_groups, layout):
         w_proj[:p3w.shape[0], :block.e_three] = p3w
         w_proj[p3w.shape[0]:, block.e_three:] = p1w
         b_proj = np.concatenate([p3b, p1b])
-    out = low.dense(stream, w_proj, b_proj, out_groups)
-    if block.residual:
-        out = low.add(out, pieces)
-    if block.skip is not None:
+    residual = pieces if block.residual else None
+    if block.skip is not None:  # DW-Seesaw v2's branch, the start of the projection's sum like a residual
         ws, bs, act_s = _folded(block.skip)
         pooled = [(low.g.maxpool2(name, len(idx)), idx) for name, idx in pieces]
-        skip = low.activation(low.dense(pooled, ws, bs, out_groups), act_s)
-        out = low.add(out, skip)
-    return out
+        residual = low.activation(low.dense(pooled, ws, bs, out_groups), act_s)
+    return low.dense(stream, w_proj, b_proj, out_groups, residual=residual)
 
 
 def _lower_bottleneck(low, block, pieces, out_groups):
@@ -509,8 +509,7 @@ def _lower_bottleneck(low, block, pieces, out_groups):
     wd, bd, act_dw = _folded(block.dw)
     stream = low.activation(low.depthwise(stream, wd, bd, **_conv_args(block.dw)), act_dw)
     wp, bp, _ = _folded(block.project)
-    out = low.dense(stream, wp, bp, out_groups)
-    return low.add(out, pieces) if block.residual else out
+    return low.dense(stream, wp, bp, out_groups, residual=pieces if block.residual else None)
 
 
 def build_deploy_graph(net, layout="cells"):

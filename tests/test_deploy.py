@@ -88,6 +88,23 @@ def test_cells_layout_keeps_the_seesaw_multiply_adds():
         assert build_deploy_graph(net, "cells").madds() == count_model(name)["madds"]
 
 
+@pytest.mark.parametrize("layout", ["cells", "expand", "dense"])
+def test_every_add_takes_a_fresh_convolution_output(layout):
+    """Sums of partial convolutions and residuals are chained so that each add has one convolution output
+    used only by it (ONNX Runtime fuses such an add into the convolution); an add of two sums is not."""
+    for name in ("seesaw_shuffle", "seesaw_share", "mobilefacenet", "dw_seesaw_v2"):
+        graph = build_deploy_graph(_trained_like(name), layout)
+        op = {n["name"]: n["op"] for n in graph.nodes}
+        uses = {}
+        for n in graph.nodes:
+            for i in n["inputs"]:
+                uses[i] = uses.get(i, 0) + 1
+        adds = [n for n in graph.nodes if n["op"] == "add"]
+        assert adds, name
+        for n in adds:
+            assert any(op[i] == "conv" and uses[i] == 1 for i in n["inputs"]), (name, layout, n)
+
+
 @pytest.mark.parametrize("act", ["swish", "prelu"])
 def test_mobilefacenet_swish_and_prelu_fold(probe, act):
     net = _trained_like("mobilefacenet", seed=5, act=act)  # PReLU slopes in (-0.2, 1.3)
