@@ -332,6 +332,7 @@ class _Lowering:
     def __init__(self, graph, slice_reads=False):
         self.g = graph
         self.slice_reads = slice_reads
+        self.with_se = True
 
     def activation(self, pieces, spec):
         if spec is None:
@@ -482,7 +483,8 @@ def _lower_seesaw(low, block, pieces, out_groups, layout):
     stream = low.activation(stream, act)
     wd, bd, act_dw = _folded(block.dw)
     stream = low.activation(low.depthwise(stream, wd, bd, **_conv_args(block.dw)), act_dw)
-    stream = low.se(stream, block.se)
+    if low.with_se:
+        stream = low.se(stream, block.se)
     p1w, p1b, _ = _folded(block.project_1)
     p3w, p3b, _ = _folded(block.project_3)
     out_c = p1w.shape[0] + p3w.shape[0]
@@ -512,17 +514,22 @@ def _lower_bottleneck(low, block, pieces, out_groups):
     return low.dense(stream, wp, bp, out_groups, residual=pieces if block.residual else None)
 
 
-def build_deploy_graph(net, layout="cells"):
+def build_deploy_graph(net, layout="cells", se=True):
     """Lower an initialised ``FaceNet`` (any registered network) into a :class:`DeployGraph`.
 
     ``layout`` (one of ``LAYOUTS``) chooses how a Seesaw block's expanded channels are held (see
     ``_seesaw_stream_groups``); every layout computes the same function. The graph has input ``data``
     (N, 3, 112, 112) and output the (N, emb_size) embedding of ``net`` in inference mode.
+
+    ``se=False`` leaves the Seesaw blocks' SE blocks out. That graph is *not* the network (its embedding
+    differs); it exists to measure what the SE blocks cost at deployment (``tools/benchmark.py``'s
+    ``name:no_se`` rows).
     """
     if not isinstance(net, FaceNet):
         raise ValueError(f"build_deploy_graph needs a symbols.get_model network, got {type(net).__name__}")
     g = DeployGraph()
     low = _Lowering(g, slice_reads=layout == "slice")
+    low.with_se = bool(se)
     x = [(g.input(3), np.arange(3))]
     blocks = [block for stage in net.stages for block in stage]
     first = blocks[0]

@@ -1,5 +1,6 @@
 """tools/benchmark.py: every (network, mode) is measured in one run, with ratios to mobilefacenet."""
 import json
+import re
 
 import pytest
 
@@ -8,13 +9,16 @@ from tools import benchmark
 
 @pytest.fixture(scope="module")
 def result():
-    return benchmark.run_benchmark(["mobilefacenet", "seesaw_shuffle"], ["fused", "int8", "onnxruntime"], runs1=2,
-                                   runs32=1, batch=2, warmup=1, memory=False, progress=False)
+    return benchmark.run_benchmark(["mobilefacenet", "seesaw_shuffle", "seesaw_shuffle:no_se"],
+                                   ["fused", "int8", "onnxruntime"], runs1=2, runs32=1, batch=2, warmup=1,
+                                   memory=False, progress=False)
 
 
 def test_rows_and_ratios(result):
     rows = {(r["network"], r["mode"]): r for r in result["rows"]}
-    assert set(rows) == {(n, m) for n in ("mobilefacenet", "seesaw_shuffle") for m in ("fused", "int8", "onnxruntime")}
+    # the folded-graph option no_se is measured in the folded-graph modes only
+    assert set(rows) == ({(n, m) for n in ("mobilefacenet", "seesaw_shuffle") for m in ("fused", "int8", "onnxruntime")}
+                         | {("seesaw_shuffle:no_se", "onnxruntime")})
     for (name, mode), row in rows.items():
         assert row["latency_ms"] > 0 and row["throughput"] > 0 and row["gflops"] > 0
         base = rows[("mobilefacenet", mode)]
@@ -27,6 +31,30 @@ def test_rows_and_ratios(result):
     assert ss["layouts"] == {1: "dense", 2: "cells"}
     assert ss["madds_batch"] / mfn["madds_batch"] < 0.7
     assert ss["madds"] > ss["madds_batch"]
+    # without the SE blocks the graph loses their fully connected layers' MAdds, nothing else
+    no_se = rows[("seesaw_shuffle:no_se", "onnxruntime")]
+    assert 0 < ss["madds_batch"] - no_se["madds_batch"] < 0.01 * ss["madds_batch"]
+    assert no_se["ratio"]["latency"] == pytest.approx(no_se["latency_ms"] / mfn["latency_ms"])
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("seesaw_shuffle", ("seesaw_shuffle", {}, {})),
+    ("mobilefacenet:swish", ("mobilefacenet", {"act": "swish"}, {})),
+    ("seesaw_share:relu:no_se", ("seesaw_share", {"act": "relu"}, {"se": False})),
+    ("seesaw_share:no_se", ("seesaw_share", {}, {"se": False})),
+])
+def test_network_options(spec, expected):
+    assert benchmark.parse_network(spec) == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--networks", "seesaw_shuffle:relu:swish"], "expected name[:activation][:no_se]"),
+    (["--networks", "seesaw_shuffle:no_se", "--modes", "fused,int8"], "no_se applies"),
+    (["--networks", "mobilefacenet:no_se", "--modes", "onnxruntime"], "no_se applies"),
+])
+def test_bad_network_options_are_refused(argv, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        benchmark.main(argv)
 
 
 def test_table_reports_int8_speedup(result):

@@ -105,6 +105,17 @@ def test_every_add_takes_a_fresh_convolution_output(layout):
             assert any(op[i] == "conv" and uses[i] == 1 for i in n["inputs"]), (name, layout, n)
 
 
+def test_graph_without_se_blocks_for_measuring_their_cost(probe):
+    net = _trained_like("seesaw_shuffle", seed=2)
+    full, bare = build_deploy_graph(net, "dense"), build_deploy_graph(net, "dense", se=False)
+    ops = lambda g: [n["op"] for n in g.nodes]  # noqa: E731
+    assert ops(full).count("gap") == 15 and "gap" not in ops(bare)
+    assert ops(full).count("conv") - ops(bare).count("conv") == 15 * 2  # the two fully connected layers
+    assert ops(full).count("prelu") == 15 and "prelu" not in ops(bare)
+    # not the network: its embedding differs
+    assert np.abs(_run_graph(bare, probe) - _run_graph(full, probe)).max() > 1e-2
+
+
 @pytest.mark.parametrize("act", ["swish", "prelu"])
 def test_mobilefacenet_swish_and_prelu_fold(probe, act):
     net = _trained_like("mobilefacenet", seed=5, act=act)  # PReLU slopes in (-0.2, 1.3)

@@ -3,6 +3,8 @@
     python tools/benchmark.py                                   # defaults below, about 3-5 minutes on 2 cores
     python tools/benchmark.py --networks mobilefacenet,seesaw_shuffle --modes fused,onnxruntime --json b.json
     python tools/benchmark.py --model-dir seesaw_shuffle=export/ss/model   # weights of a checkpoint
+    python tools/benchmark.py --networks seesaw_shuffle,seesaw_shuffle:no_se,seesaw_shuffle:relu --modes onnxruntime
+                                     # what the SE blocks and swish cost (rows that are not the network)
 
 Modes: ``imperative`` (Gluon, not hybridized), ``hybrid`` (hybridized, static memory), ``fused``
 (hybridized with the oneDNN backend: conv+BN+activation fusion), ``deploy`` (the folded inference graph of
@@ -44,6 +46,7 @@ import symbols  # noqa: E402
 from symbols.deploy import LAYOUTS, build_deploy_graph  # noqa: E402
 
 MODES = ("imperative", "hybrid", "fused", "deploy", "int8", "onnxruntime")
+GRAPH_MODES = ("deploy", "onnxruntime")  # the modes that run the folded graph of symbols.deploy
 DEFAULT_NETWORKS = "mobilefacenet,seesaw_shuffle,seesaw_share"
 DEFAULT_MODES = "hybrid,fused,deploy,int8,onnxruntime"
 BASELINE = "mobilefacenet"
@@ -130,18 +133,35 @@ def machine_info():
 
 
 # ---------------------------------------------------------------------------------------------- runners
+def parse_network(spec):
+    """``name[:option...]`` → ``(name, constructor kwargs, folded-graph kwargs)``.
+
+    An option is an activation for the network's constructor (``mobilefacenet:swish``, ``seesaw_shuffle:relu``)
+    or ``no_se``: the folded graph without the SE blocks (``deploy`` and ``onnxruntime`` modes only). Both
+    change what is computed; such rows measure what a part of the network costs, they are not the network.
+    """
+    name, *options = spec.split(":")
+    kwargs, graph = {}, {}
+    for option in options:
+        if option == "no_se":
+            graph["se"] = False
+        elif option and "act" not in kwargs:
+            kwargs["act"] = option
+        else:
+            raise ValueError(f"network {spec!r}: expected name[:activation][:no_se]")
+    return name, kwargs, graph
+
+
 def build_network(name, model_dir=None):
     """An inference-mode network with weights: from an exported checkpoint, or freshly initialised with
-    BatchNorm statistics that keep activations in range (speed does not depend on the values)."""
+    BatchNorm statistics that keep activations in range (speed does not depend on the values). ``name`` may
+    carry options (:func:`parse_network`); the folded-graph ones are for :func:`make_runner`."""
     if model_dir:
         from tools.export import load_source
 
         net, _ = load_source(model_dir)
         return net
-    kwargs = {}
-    if ":" in name:
-        name, act = name.split(":", 1)
-        kwargs["act"] = act
+    name, kwargs, _ = parse_network(name)
     net = symbols.get_model(name, **kwargs)
     symbols.init_model(net)
     net(mx.nd.zeros((1, 3, 112, 112)))
@@ -158,13 +178,16 @@ def layout_for(net, batch_size, layout="auto"):
     return export.default_layout(net) if batch_size == 1 else "cells"
 
 
-def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None):
+def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None, se=True):
     """A callable running ``net`` in ``mode`` on one batch of ``batch_size`` and waiting for the result.
 
     Returns ``(runner, madds, layout)``: ``madds`` is the per-image MAdds the mode executes (None: as the
-    source network), ``layout`` the folded-graph layout used (None for the other modes)."""
+    source network), ``layout`` the folded-graph layout used (None for the other modes). ``se=False``: the
+    folded graph without SE blocks (``deploy`` and ``onnxruntime`` only)."""
     from tools import export
 
+    if not se and mode not in GRAPH_MODES:
+        raise ValueError(f"no_se exists only for the folded graph (modes {', '.join(GRAPH_MODES)}), not {mode!r}")
     x = np.random.RandomState(batch_size).normal(0, 0.6, (batch_size, 3, 112, 112)).astype(np.float32)
     if mode == "imperative":
         return _mx_call(net, mx.nd.array(x)), None, None
@@ -177,7 +200,7 @@ def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None):
         return _mx_call(export.int8_block(qsym, qargs, qaux), mx.nd.array(x)), None, None
     if mode in ("deploy", "onnxruntime"):
         layout = layout_for(net, batch_size, layout)
-        graph = build_deploy_graph(net, layout)
+        graph = build_deploy_graph(net, layout, se=se)
         if mode == "deploy":
             sym, args, aux = graph.to_symbol()
             return _mx_call(export.symbol_block(sym, args, aux), mx.nd.array(x)), graph.madds(), layout
@@ -215,7 +238,7 @@ def _memory_child(spec):
                 block(x).wait_to_read()
     else:
         with PeakMemory() as mem:
-            runner, _, _ = make_runner(net, mode, int(batch_size), calib, layout)
+            runner, _, _ = make_runner(net, mode, int(batch_size), calib, layout, **parse_network(name)[2])
             for _ in range(2):
                 runner()
     print(f"memory_mb {mem.peak_growth / 2 ** 20:.1f}")
@@ -268,11 +291,14 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
         # memory holds one mode's graphs (MXNet keeps every batch-32 activation of a static graph).
         group = []
         for name in networks:
+            if parse_network(name)[2] and mode not in GRAPH_MODES:
+                continue  # a folded-graph option (no_se): not measurable in this mode
             entry = {"network": name, "mode": mode, "params": counts[name]["params"],
                      "madds_source": counts[name]["madds"], "runners": {}, "layouts": {}, "t1": [], "tb": []}
             for batch_size in (1, batch):
                 start = time.time()
-                runner, madds, used_layout = make_runner(nets[name], mode, batch_size, calib, layout, threads)
+                runner, madds, used_layout = make_runner(nets[name], mode, batch_size, calib, layout, threads,
+                                                         **parse_network(name)[2])
                 for _ in range(warmup):
                     runner()
                 entry["runners"][batch_size] = runner
@@ -366,8 +392,10 @@ def build_parser():
     parser = argparse.ArgumentParser(description="Latency/throughput of the networks per way of running them, "
                                                  "as ratios to mobilefacenet in the same run.")
     parser.add_argument("--networks", default=DEFAULT_NETWORKS,
-                        help="comma-separated (name or name:act, e.g. mobilefacenet:swish); the first row of "
-                             f"each ratio is {BASELINE}, which is added if missing")
+                        help="comma-separated names, each optionally with :ACTIVATION (mobilefacenet:swish, "
+                             "seesaw_shuffle:relu) and/or :no_se (the folded graph without SE blocks; deploy and "
+                             "onnxruntime modes only, skipped in the others) — such rows show what a part costs, they are not the network; "
+                             f"the first row of each ratio is {BASELINE}, which is added if missing")
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per runner")
     parser.add_argument("--runs-batch", type=int, default=5, help="timed batch calls per runner")
@@ -396,8 +424,12 @@ def main(argv=None):
     if bad or not modes:
         raise ValueError(f"--modes {args.modes!r}: valid modes are {', '.join(MODES)}")
     for name in networks:
-        if name.split(":")[0] not in symbols.list_models():
+        base, _, graph = parse_network(name)
+        if base not in symbols.list_models():
             raise ValueError(f"unknown network {name!r}; valid: {', '.join(symbols.list_models())}")
+        if graph and (not set(modes) & set(GRAPH_MODES) or "seesaw" not in base):
+            raise ValueError(f"{name!r}: no_se applies to the Seesaw networks' folded graph, so to the modes "
+                             f"{','.join(GRAPH_MODES)} (it is skipped in the others)")
     if BASELINE not in networks:
         networks.insert(0, BASELINE)
     if args.runs < 5 or args.runs_batch < 2 or args.batch < 2:
