@@ -329,10 +329,10 @@ def _conv_args(block):
 class _Lowering:
     """Emits layers over tensors split into pieces: a piece is (tensor name, logical channel indices)."""
 
-    def __init__(self, graph, slice_reads=False):
+    def __init__(self, graph, slice_reads=False, with_se=True):
         self.g = graph
         self.slice_reads = slice_reads
-        self.with_se = True
+        self.with_se = with_se
 
     def activation(self, pieces, spec):
         if spec is None:
@@ -528,8 +528,7 @@ def build_deploy_graph(net, layout="cells", se=True):
     if not isinstance(net, FaceNet):
         raise ValueError(f"build_deploy_graph needs a symbols.get_model network, got {type(net).__name__}")
     g = DeployGraph()
-    low = _Lowering(g, slice_reads=layout == "slice")
-    low.with_se = bool(se)
+    low = _Lowering(g, slice_reads=layout == "slice", with_se=bool(se))
     x = [(g.input(3), np.arange(3))]
     blocks = [block for stage in net.stages for block in stage]
     first = blocks[0]

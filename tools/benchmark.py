@@ -394,8 +394,9 @@ def build_parser():
     parser.add_argument("--networks", default=DEFAULT_NETWORKS,
                         help="comma-separated names, each optionally with :ACTIVATION (mobilefacenet:swish, "
                              "seesaw_shuffle:relu) and/or :no_se (the folded graph without SE blocks; deploy and "
-                             "onnxruntime modes only, skipped in the others) — such rows show what a part costs, they are not the network; "
-                             f"the first row of each ratio is {BASELINE}, which is added if missing")
+                             "onnxruntime modes only, skipped in the others) — such rows show what a part "
+                             f"costs, they are not the network; the first row of each ratio is {BASELINE}, "
+                             "which is added if missing")
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per runner")
     parser.add_argument("--runs-batch", type=int, default=5, help="timed batch calls per runner")
