@@ -82,13 +82,20 @@ class SeesawBlock(HybridBlock):
         if self.variant == "shuffle":
             y = channel_shuffle(F, y, 2)
         y = self.se(self.dw(y))
-        if self.variant == "shuffle":
-            y = F.concat(self.project_1(F.slice_axis(y, axis=1, begin=0, end=self.e_quarter)),
-                         self.project_3(F.slice_axis(y, axis=1, begin=self.e_quarter, end=None)), dim=1)
-        else:
-            y = F.concat(self.project_3(F.slice_axis(y, axis=1, begin=0, end=self.e_three)),
-                         self.project_1(F.slice_axis(y, axis=1, begin=self.e_three, end=None)), dim=1)
+        point = self._projection_point()
+        low = F.slice_axis(y, axis=1, begin=0, end=point)
+        y = self._project(F, low, F.slice_axis(y, axis=1, begin=point, end=None))
         return self._finish(F, x, y)
+
+    def _projection_point(self):
+        """Where the expanded map splits between the projections: shuffle E/4 | 3E/4, share 3E/4 | E/4."""
+        return self.e_quarter if self.variant == "shuffle" else self.e_three
+
+    def _project(self, F, low, high):
+        """Both projections of the expanded map's two parts, concatenated in the variant's order."""
+        if self.variant == "shuffle":
+            return F.concat(self.project_1(low), self.project_3(high), dim=1)
+        return F.concat(self.project_3(low), self.project_1(high), dim=1)
 
     def _fused_forward(self, F, x, rest):
         """One uneven split op (unless given the pieces), both expansions + concat/shuffle in one op, the SE scale
@@ -99,8 +106,7 @@ class SeesawBlock(HybridBlock):
         else:
             first = x
         y = self.dw(self._expand_fused(F, first, rest))
-        point = self.e_quarter if self.variant == "shuffle" else self.e_three
-        low, high = F.seesaw_scale_split(y, self.se.gate(F, y), point=point)
+        low, high = F.seesaw_scale_split(y, self.se.gate(F, y), point=self._projection_point())
         if self.variant == "shuffle" and self.skip is None:
             pieces = [self.project_1(low), self.project_3(high)]  # (out/4 | 3out/4): the next block's split
             if self.residual:
@@ -108,11 +114,7 @@ class SeesawBlock(HybridBlock):
             return tuple(pieces) if self.emit_pieces else F.concat(*pieces, dim=1)
         if whole is None:
             whole = F.concat(first, rest, dim=1)
-        if self.variant == "shuffle":
-            y = F.concat(self.project_1(low), self.project_3(high), dim=1)
-        else:
-            y = F.concat(self.project_3(low), self.project_1(high), dim=1)
-        return self._finish(F, whole, y)
+        return self._finish(F, whole, self._project(F, low, high))
 
     def _expand_fused(self, F, first, rest):
         """The two expansions, concatenated (and shuffled), with fused operators: both BatchNorm + swish and the

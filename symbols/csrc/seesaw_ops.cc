@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -82,10 +83,7 @@ MXReturnValue attrs_2in(const Attrs&, int* num_in, int* num_out) {
 }
 
 MXReturnValue type_float32(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  for (int t : *in)
-    if (t != kFloat32) return fail("seesaw ops", "only float32 inputs are supported");
-  (*out)[0] = kFloat32;
-  return MX_SUCCESS;
+  return all_float32_types("seesaw ops", in, out);
 }
 
 MXReturnValue shape_same_as_first(const Attrs&, std::vector<std::vector<unsigned int>>* in,
@@ -603,8 +601,10 @@ void bn_swish_channel_backward(Channel in, const float* dy, int64_t dy_stride, f
   }
 }
 
-void zero_outputs(std::vector<MXTensor>* out, size_t from) {
-  for (size_t i = from; i < out->size(); ++i) {
+// Zero the gradients of the inputs that get none (running statistics, is_train); absent indices are skipped.
+void zero_outputs(std::vector<MXTensor>* out, std::initializer_list<size_t> which) {
+  for (size_t i : which) {
+    if (i >= out->size()) continue;
     float* g = (*out)[i].data<float>();
     std::fill(g, g + (*out)[i].size(), 0.0f);
   }
@@ -650,7 +650,7 @@ MXReturnValue bn_swish_backward(const Attrs&, std::vector<MXTensor>* in, std::ve
   for (int64_t c = 0; c < p.c; ++c)
     bn_swish_channel_backward(Channel{x + c * p.s, p.c * p.s}, dy + c * p.s, p.c * p.s, dx + c * p.s, p.n, p.s,
                               gamma[c], beta[c], mean[c], invstd[c], dgamma + c, dbeta + c);
-  zero_outputs(out, 3);
+  zero_outputs(out, {3, 4, 5});
   return MX_SUCCESS;
 }
 
@@ -758,11 +758,7 @@ MXReturnValue bn_swish_concat_backward(const Attrs& attrs, std::vector<MXTensor>
                               pa.s, gamma[side][ch], beta[side][ch], mean[side][ch], invstd[side][ch],
                               dgamma[side] + ch, dbeta[side] + ch);
   }
-  for (size_t i : {4, 5, 8, 9, 10}) {
-    if (i >= out->size()) continue;
-    float* g = (*out)[i].data<float>();
-    std::fill(g, g + (*out)[i].size(), 0.0f);
-  }
+  zero_outputs(out, {4, 5, 8, 9, 10});
   return MX_SUCCESS;
 }
 
