@@ -1,1 +1,2 @@
-"""Face verification (SPEC §6): ``eval.metrics`` (pure protocol numpy) and ``eval.verification`` (embedding, CLI)."""
+"""Face verification with the published protocol: ``metrics`` (pure numpy), ``embeddings`` (image + flip),
+``sets`` (``.bin`` sets of a folder, evaluated), ``report`` (table, JSON, ROC), ``verification`` (the command)."""

@@ -1,4 +1,4 @@
-"""Verification metrics of SPEC §6, computed exactly as every published LFW/CFP/AgeDB figure is.
+"""Verification metrics (docs/verification.md), computed exactly as every published LFW/CFP/AgeDB figure is.
 
 The protocol is insightface's ``calculate_roc`` / ``calculate_val``:
 
@@ -91,7 +91,7 @@ def l2_normalize(embeddings):
 def pair_distances(embeddings):
     """Squared Euclidean distance of each normalised pair: ``(2N, D)`` -> ``(N,)`` in ``[0, 4]``.
 
-    Pair ``i`` is rows ``2i`` and ``2i + 1``; rows are L2-normalised first (SPEC §6).
+    Pair ``i`` is rows ``2i`` and ``2i + 1``; rows are L2-normalised first (the published protocol).
     """
     normed = l2_normalize(embeddings)
     diff = normed[0::2] - normed[1::2]
@@ -119,7 +119,7 @@ def _rates(dist, issame, thresholds):
 
 
 def accuracy_folds(dist, issame, nfolds=10, thresholds=ACC_THRESHOLDS):
-    """Fold-wise accuracy of SPEC §6 from pair distances.
+    """Fold-wise accuracy from pair distances.
 
     Returns ``(fold_accuracies (nfolds,), fold_thresholds (nfolds,), tpr (T,), fpr (T,))`` where
     ``tpr``/``fpr`` are the held-out rates at every threshold averaged over folds (the ROC curve).
@@ -171,7 +171,7 @@ def _val_far(threshold, dist, issame):
 
 
 def tar_at_far(dist, issame, far_target, nfolds=10, thresholds=FAR_THRESHOLDS):
-    """TAR at a FAR target (SPEC §6): ``{'tar', 'tar_std', 'far', 'fold_thresholds'}``.
+    """TAR at a FAR target: ``{'tar', 'tar_std', 'far', 'fold_thresholds'}``.
 
     ``tar``/``far`` are means over the held-out folds of VAL and of the FAR actually achieved.
     """
@@ -194,7 +194,7 @@ def tar_at_far(dist, issame, far_target, nfolds=10, thresholds=FAR_THRESHOLDS):
 
 
 def evaluate(embeddings, issame, nfolds=10, far_targets=(1e-3, 1e-4)):
-    """Verification metrics of one pair set (SPEC §6).
+    """Verification metrics of one pair set (the published protocol).
 
     ``embeddings``: ``(2N, D)`` raw flip-summed embeddings, pair ``i`` = rows ``2i, 2i+1`` (they are
     L2-normalised here). ``issame``: ``(N,)`` booleans. Returns a dict:

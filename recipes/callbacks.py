@@ -1,9 +1,9 @@
-"""Periodic work of the training loop as small callbacks (DESIGN.md).
+"""Periodic work of the training loop as small callbacks: speed log, metrics.csv, curves, checkpoints.
 
 Every callback may implement ``on_train_begin(state)``, ``on_batch_end(state, batch)`` (``batch``: dict
 with loss, accuracy, lr, samples) and ``on_epoch_end(state, metrics)`` / ``on_eval(state, metrics)``
 (``metrics``: the dict returned by ``train_one_epoch``/``evaluate``, which a callback may extend).
-``state`` is the :class:`recipes.train.TrainState` of the run.
+``state`` is the :class:`recipes.loop.TrainState` of the run.
 """
 import csv
 import datetime
@@ -75,8 +75,13 @@ class SpeedLogger(Callback):
         if self.csv_path and state.is_main:
             append_rows(self.csv_path, ["step", "epoch", "loss", "accuracy", "lr", "samples_per_sec"],
                         [[state.step, round(state.step / state.iters_per_epoch, 4), round(loss, 5), round(acc, 5),
-                          batch["lr"], round(speed, 2)]])
+                          readable(batch["lr"]), round(speed, 2)]])
         self._reset()
+
+
+def readable(value, digits=6):
+    """``0.010000000000000002`` → ``0.01``: a float rounded to ``digits`` significant digits for the csv files."""
+    return float(f"{value:.{digits}g}")
 
 
 def append_rows(path, header, rows):
@@ -125,7 +130,7 @@ class MetricsWriter(Callback):
         if not state.is_main:
             return
         train = metrics.get("train", {})
-        row = {"step": state.step, "epoch": round(state.step / state.iters_per_epoch, 4), "lr": state.lr,
+        row = {"step": state.step, "epoch": round(state.step / state.iters_per_epoch, 4), "lr": readable(state.lr),
                "train_loss": train.get("loss", ""), "train_accuracy": train.get("accuracy", ""),
                "samples_per_sec": train.get("samples_per_sec", ""),
                "mean_accuracy": metrics.get("mean_accuracy", ""), "elapsed_seconds": round(state.elapsed(), 1)}
@@ -138,16 +143,18 @@ class MetricsWriter(Callback):
 class CurvePlotter(Callback):
     """``curves.png``: training loss (from loss.csv) and verification accuracy (from metrics.csv) vs epoch."""
 
-    def __init__(self, path, loss_csv, metrics_csv):
+    def __init__(self, path, loss_csv, metrics_csv, loss_name="softmax"):
         self.path, self.loss_csv, self.metrics_csv = path, loss_csv, metrics_csv
+        self.loss_name = loss_name
 
     def on_eval(self, state, metrics):
         if state.is_main:
-            plot_curves(self.path, self.loss_csv, self.metrics_csv)
+            plot_curves(self.path, self.loss_csv, self.metrics_csv, self.loss_name)
 
 
-def plot_curves(path, loss_csv, metrics_csv):
-    """Draw the two panels into ``path`` (atomically); silently skips when there is nothing to plot."""
+def plot_curves(path, loss_csv, metrics_csv, loss_name="softmax"):
+    """Draw the two panels into ``path`` (atomically); silently skips when there is nothing to plot.
+    ``loss_name`` (the ``--loss`` of the run) labels the loss axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -158,7 +165,7 @@ def plot_curves(path, loss_csv, metrics_csv):
     if losses:
         ax_loss.plot([float(r["epoch"]) for r in losses], [float(r["loss"]) for r in losses], label="loss")
         ax_loss.set_xlabel("epoch")
-        ax_loss.set_ylabel("training loss (margin softmax)")
+        ax_loss.set_ylabel(f"training loss ({loss_name})")
         ax_loss.grid(alpha=0.3)
     if evals:
         epochs = [float(r["epoch"]) for r in evals]
@@ -191,5 +198,16 @@ class CheckpointSaver(Callback):
                                     accuracy=metrics.get("mean_accuracy"))
         metrics["checkpoint"] = pointer["last"]
         best = pointer["best"]
-        state.log(f"checkpoint epoch {state.epoch + 1}: {self.manager.params_path(state.epoch + 1)} "
-                  f"(best: epoch {best['epoch']}, mean accuracy {best['accuracy']})")
+        state.log(f"checkpoint epoch {state.epoch + 1}: {self.manager.params_path(state.epoch + 1)}, training state "
+                  f"{self.manager.state_path(state.epoch + 1)} (best: epoch {best['epoch']}, mean accuracy "
+                  f"{best['accuracy']}; training states are kept for the last and the best epoch)")
+
+
+def standard_callbacks(cfg, set_names, manager):
+    """The run's callbacks: speed log + loss.csv, metrics.csv, curves.png (``--plot``), checkpoints."""
+    out = cfg["output_dir"]
+    loss_csv, metrics_csv = os.path.join(out, "loss.csv"), os.path.join(out, "metrics.csv")
+    callbacks = [SpeedLogger(cfg["log_interval"], loss_csv), MetricsWriter(metrics_csv, set_names)]
+    if cfg["plot"]:
+        callbacks.append(CurvePlotter(os.path.join(out, "curves.png"), loss_csv, metrics_csv, cfg["loss"]))
+    return callbacks + [CheckpointSaver(manager)]

@@ -1,60 +1,32 @@
-"""Checkpoints (SPEC §7): the deployable embedding network and the full training state, written atomically.
+"""Training checkpoints: the deployable embedding network every epoch and the full training state, atomically.
 
 In ``output_dir`` with prefix P:
 
 - ``P-symbol.json`` + ``P-%04d.params`` (``arg:``/``aux:`` names, input ``data``): the embedding network
-  only, loadable by ``mx.model.load_checkpoint(P, epoch)`` and ``gluon.SymbolBlock.imports``;
+  only, loadable by ``mx.model.load_checkpoint(P, epoch)`` and ``gluon.SymbolBlock.imports``; one params
+  file per epoch (a few MB each);
 - ``P-state-%04d.npz``: everything needed to continue — backbone and fc7 parameters (from one device),
-  trainer/optimizer state, epoch, global step, the resolved config and the RNG states;
+  trainer/optimizer state, epoch, global step, the resolved config and the RNG states; kept for the last
+  and the best epoch only (fc7 and its momentum make it large);
 - ``checkpoints.json``: which epoch is ``last`` and which is ``best`` (by mean verification accuracy).
 
 Every file is written to a temporary name and moved into place with ``os.replace``; ``checkpoints.json`` is
-replaced last, so a run killed at any moment leaves the previous checkpoint complete and referenced. Older
-epochs other than last and best are deleted after the pointer moves on.
+replaced last, so a run killed at any moment leaves the previous checkpoint complete and referenced.
 """
 import json
 import os
 import pickle
 import random
-import tempfile
 
 import mxnet as mx
 import numpy as np
 
-import symbols
+from deploy.checkpoint import temporary_path, atomic_write, atomic_write_bytes, save_embedding
+
+from . import fused
 
 STATE_VERSION = 1
 POINTER = "checkpoints.json"
-
-
-def _atomic_path(path):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    os.close(fd)
-    return tmp
-
-
-def atomic_write(path, write):
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync, then ``os.replace`` it onto ``path``.
-
-    A failure or a kill at any moment leaves ``path`` as it was (the temporary file is removed on errors).
-    """
-    tmp = _atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: f.write(data))
 
 
 def _structural_params(block, ctx):
@@ -63,36 +35,10 @@ def _structural_params(block, ctx):
 
 
 def export_embedding(backbone, prefix, epoch, ctx):
-    """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` of the embedding network (no fc7).
-
-    The symbol is traced from ``backbone`` on a ``data`` variable with standard operators only (no oneDNN
-    fusion, no :mod:`symbols.fused` library operators, so any MXNet loads it), the parameters are taken from
-    ``ctx``. Returns ``(symbol_path, params_path)``.
-    """
-    with symbols.fused.standard_ops():
-        sym = backbone(mx.sym.var("data"))
-    arg_names, aux_names = set(sym.list_arguments()), set(sym.list_auxiliary_states())
-    arrays = {}
-    for name, param in backbone.collect_params().items():
-        if name in arg_names:
-            arrays["arg:" + name] = param.data(ctx).copyto(mx.cpu())
-        elif name in aux_names:
-            arrays["aux:" + name] = param.data(ctx).copyto(mx.cpu())
-    missing = (arg_names - {"data"}) - {k[4:] for k in arrays if k.startswith("arg:")}
-    if missing:
-        raise RuntimeError(f"export: parameters {sorted(missing)[:3]} of the symbol are not in the network")
-    sym_path = f"{prefix}-symbol.json"
-    params_path = f"{prefix}-{epoch:04d}.params"
-    atomic_write_bytes(sym_path, sym.tojson().encode())
-    tmp = _atomic_path(params_path)
-    try:
-        mx.nd.save(tmp, arrays)
-        os.replace(tmp, params_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return sym_path, params_path
+    """Write the deployable ``prefix-symbol.json`` + ``prefix-%04d.params`` of the training backbone, traced with
+    the standard blocks (no training-only operators: any MXNet loads it)."""
+    with fused.standard_layers(backbone):
+        return save_embedding(backbone, prefix, epoch, ctx)
 
 
 def rng_state():
@@ -118,7 +64,7 @@ def save_state(path, backbone, head, trainer, meta, ctx):
         arrays["backbone/" + name] = value
     for name, value in _structural_params(head, ctx).items():
         arrays["head/" + name] = value
-    tmp_states = _atomic_path(path + ".trainer")
+    tmp_states = temporary_path(path + ".trainer")
     try:
         trainer.save_states(tmp_states)
         with open(tmp_states, "rb") as f:
@@ -165,7 +111,7 @@ def load_state(path, backbone, head, trainer, arrays=None):
         meta = json.loads(arrays["meta"].tobytes().decode())
     _load_block(backbone, arrays, "backbone", path)
     _load_block(head, arrays, "head", path)
-    tmp = _atomic_path(path + ".trainer")
+    tmp = temporary_path(path + ".trainer")
     try:
         with open(tmp, "wb") as f:
             f.write(arrays["trainer_states"].tobytes())
@@ -177,7 +123,8 @@ def load_state(path, backbone, head, trainer, arrays=None):
 
 
 class CheckpointManager:
-    """Save per-epoch checkpoints in ``output_dir`` and keep the last and the best (by mean accuracy)."""
+    """Save per-epoch checkpoints in ``output_dir``: every epoch's embedding network, the training state of the
+    last and of the best epoch (by mean verification accuracy)."""
 
     def __init__(self, output_dir, prefix="model"):
         self.output_dir = output_dir
@@ -210,14 +157,14 @@ class CheckpointManager:
         return pointer
 
     def _prune(self, previous):
+        """Remove the training state files neither last nor best point at any more (params files stay)."""
         keep = {self.pointer[k]["epoch"] for k in ("last", "best") if k in self.pointer}
         for key in ("last", "best"):
             entry = previous.get(key)
             if entry and entry["epoch"] not in keep:
-                for name in (entry["state"], entry["params"]):
-                    path = os.path.join(self.output_dir, name)
-                    if os.path.exists(path):
-                        os.remove(path)
+                path = os.path.join(self.output_dir, entry["state"])
+                if os.path.exists(path):
+                    os.remove(path)
 
 
 def read_pointer(output_dir):

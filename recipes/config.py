@@ -2,21 +2,23 @@
 
 Resolution order (later wins):
 
-1. :data:`DEFAULTS` (the paper's MS1MV2 schedule, SPEC §3–4);
+1. :data:`DEFAULTS` (the paper's MS1MV2 schedule, docs/training.md);
 2. ``recipes/configs/<network>.yaml`` (per-network defaults from the paper: batch size, warm-up);
 3. ``recipes/configs/synthetic.yaml`` when no ``--data-dir`` is given (a short schedule sized for 2 CPU cores);
 4. the file given with ``--config`` (yaml; flat keys, or keys nested under group names);
 5. options given explicitly on the command line.
 
-When resuming, the checkpoint's saved settings take the place of 1–3. The resolved settings are written to
+When resuming, the checkpoint's saved settings take the place of 1–3. The resolved settings are an
+``EasyDict`` (``cfg.lr`` and ``cfg["lr"]`` alike, as InsightFace's configs read), written to
 ``<output_dir>/config.yaml``, which ``--config`` accepts to repeat a run.
 """
 import argparse
 import os
 
 import yaml
+from easydict import EasyDict
 
-from eval.verification import EVAL_BACKENDS
+from deploy.embedders import EVAL_BACKENDS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -32,20 +34,19 @@ OPTIONS = {
     "synthetic_root": ("data", ".cache/synthetic", "where the default synthetic dataset is generated once"),
     "batch_size": ("data", 128, "batch size per device"),
     "num_workers": ("data", 1, "data decoding processes (0 = in the training process)"),
-    "mirror": ("data", True, "random horizontal flip (SPEC §4)"),
+    "mirror": ("data", True, "random horizontal flip"),
     "color_jitter": ("data", 0.0, "brightness/contrast/saturation jitter strength (0 = off)"),
     # model
     "network": ("model", "seesaw_shuffle", "backbone name"),
     "emb_size": ("model", 512, "embedding size"),
     "act": ("model", None, "mobilefacenet activation (default: the network's own)"),
     "hybridize": ("model", "alloc", "backbone graph mode: none, plain (cached graph), alloc (cached graph with "
-                                    "static_alloc: its buffers planned once and reused, the leanest; "
-                                    "recipes/configs/mobilefacenet.yaml keeps plain, faster there), "
-                                    "static (static_alloc+static_shape); see recipes/train.py:hybridize_backbone"),
-    "fused_ops": ("model", "auto", "one-pass CPU training operators (symbols/fused.py): auto (on for CPU training "
+                                    "static_alloc: its buffers planned once and reused, the leanest), "
+                                    "static (static_alloc+static_shape); all train alike"),
+    "fused_ops": ("model", "auto", "one-pass CPU training operators (recipes/fused): auto (on for CPU training "
                                    "when g++ builds them), on, off"),
     # loss
-    "loss": ("loss", "arcface", "margin head: softmax, arcface, cosface, combined (SPEC §3)"),
+    "loss": ("loss", "arcface", "margin head: softmax, arcface, cosface, combined"),
     "margin_s": ("loss", 64.0, "scale s of the normalised heads"),
     "margin_m": ("loss", 0.5, "margin m: angular (arcface, m2) or cosine (cosface, m3)"),
     "margin_m1": ("loss", 1.0, "combined head: multiplicative angular margin m1"),
@@ -77,13 +78,13 @@ OPTIONS = {
                                   "one device per process, GPU local_rank when there are GPUs)"),
     "amp": ("devices", False, "mixed precision (float16 on GPU; ignored with a warning on CPU)"),
     "malloc_tuning": ("devices", True, "CPU training: keep MXNet's per-operator buffers in glibc's heap instead of "
-                                       "fresh mappings (tools/_cli.py tune_malloc, after the first step; measured "
-                                       "1.1–1.2× the samples/s, +0.1 GB peak)"),
+                                       "fresh mappings (deploy/process.py tune_malloc, after the first step; "
+                                       "1.1-1.2x the samples/s)"),
     # evaluation
     "eval_sets": ("evaluation", None, "comma-separated .bin set names (default: every *.bin in --data-dir; none: no verification)"),
     "eval_interval": ("evaluation", 0, "also verify every N batches (0: only at each epoch end)"),
     "eval_batch_size": ("evaluation", 64, "batch size of verification embedding"),
-    "eval_flip": ("evaluation", True, "sum the embeddings of each image and its flip (SPEC §6)"),
+    "eval_flip": ("evaluation", True, "sum the embeddings of each image and its flip (the published protocol)"),
     "eval_backend": ("evaluation", "auto", "what embeds the verification images: onnxruntime (the live parameters "
                                            "lowered to the folded deploy graph at each evaluation, several times "
                                            "faster on CPU; falls back to mxnet with a warning for a network it "
@@ -133,7 +134,7 @@ def build_parser(network_names=()):
     """
     parser = argparse.ArgumentParser(
         prog="python recipes/train.py",
-        description="Train a SeesawFaceNets embedding network with a margin softmax head (SPEC §3-4). "
+        description="Train a SeesawFaceNets embedding network with a margin softmax head. "
                     "With no --data-dir a synthetic dataset is generated once and a short CPU schedule runs.",
         epilog="The defaults shown are the built-in layer. Settings resolve as: built-in defaults < "
                "recipes/configs/<network>.yaml (the paper's per-network batch size and warm-up) < "
@@ -234,7 +235,7 @@ def resolve(cli=None, base=None):
                 raise ValueError(f"{source}: unknown setting {key!r}")
             cfg[key] = _coerce(key, value, source)
     validate(cfg)
-    return cfg
+    return EasyDict(cfg)
 
 
 def lr_steps(cfg):
@@ -281,7 +282,7 @@ def save_yaml(cfg, path):
     """Write the resolved settings, grouped like ``--help``, atomically."""
     grouped = {group: {} for group in GROUPS}
     for key, value in cfg.items():
-        grouped[OPTIONS[key][0]][key] = value
+        grouped[OPTIONS[key][0]][key] = value  # plain values: yaml.safe_dump refuses dict subclasses
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("# resolved settings of this run; repeat it with: python recipes/train.py --config this-file\n")

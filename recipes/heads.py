@@ -1,4 +1,4 @@
-"""Margin heads (fc7 + margin), kept apart from the backbone (SPEC §3).
+"""Margin heads (fc7 + margin), kept apart from the backbone (docs/training.md).
 
 A head maps ``(embeddings (B, emb), labels (B,)) -> logits (B, num_classes)`` for a softmax cross-entropy:
 
@@ -71,7 +71,7 @@ class MarginWarmup:
 
 
 class MarginHead(MarginWarmup, HybridBlock):
-    """fc7 weight W (num_classes × emb_size, no bias) and a margin (SPEC §3).
+    """fc7 weight W (num_classes × emb_size, no bias) and a margin.
 
     ``forward(embeddings (B, emb) float32, labels (B,) float32 class ids) -> logits (B, num_classes)``.
     ``margins=None`` gives the plain softmax head (unnormalised ``x · Wᵀ``). Runs imperatively (the margin
@@ -106,7 +106,7 @@ class MarginHead(MarginWarmup, HybridBlock):
 
 
 def build_head(cfg, num_classes, emb_size):
-    """The configured head (SPEC §3): ``head(embeddings, labels) -> logits``; uninitialised."""
+    """The configured head: ``head(embeddings, labels) -> logits``; uninitialised."""
     return MarginHead(num_classes, emb_size, scale=cfg["margin_s"], margins=margins_of(cfg), prefix="fc7_")
 
 

@@ -1,4 +1,4 @@
-"""Optimiser setup (SPEC §4): gluoncv lr schedulers, per-parameter weight decay, the Gluon Trainer.
+"""Optimiser setup (the paper's schedule, docs/training.md): gluoncv lr schedulers, per-parameter weight decay, the Gluon Trainer.
 
 The schedule is iteration based: ``iters_per_epoch = images // global_batch``; the lr steps at
 ``epoch · iters_per_epoch``, optionally after a linear warm-up (gluoncv ``LRSequential`` of a ``linear`` and a

@@ -1,4 +1,4 @@
-"""fc7 sharded over devices (model parallel, as Partial FC does) with optional class sampling (SPEC §3).
+"""fc7 sharded over devices (model parallel, as Partial FC does) with optional class sampling.
 
 With millions of identities the fc7 weight (num_classes × emb) no longer fits one device next to the
 backbone. :class:`PartialFC` splits it into contiguous class ranges, one per context; the backbone stays data
@@ -33,11 +33,10 @@ import math
 import mxnet as mx
 import numpy as np
 
-from recipes.heads import MarginWarmup
+from .heads import COS_EPS, MarginWarmup, target_cosine
 
 INIT_BLOCK = 65536  # classes per initialisation block (seeded by block index, independent of sharding)
 KV_KEY_BASE = 1 << 20  # kvstore keys of fc7 shards, far from the Trainer's parameter indices
-_EPS = 1e-7
 
 
 def shard_ranges(num_classes, num_shards):
@@ -59,23 +58,6 @@ def num_sampled(shard_size, sample_rate):
     return shard_size if sample_rate >= 1.0 else max(1, int(math.ceil(sample_rate * shard_size)))
 
 
-def target_logit(cos_y, m1=1.0, m2=0.5, m3=0.0, F=mx.nd):
-    """Combined-margin target cosine ``cos(m1·θ_y + m2) − m3`` (SPEC §3) for a tensor of label cosines.
-
-    Where ``m1·θ_y + m2 > π`` it returns ``cos θ_y − m2·sin m2 − m3`` so the target stays monotone
-    (ArcFace's rule). Plain softmax: m1=1, m2=0, m3=0 returns ``cos_y`` unchanged.
-    """
-    if m1 == 1.0 and m2 == 0.0:
-        return cos_y - m3
-    theta = F.arccos(F.clip(cos_y, -1.0 + _EPS, 1.0 - _EPS))
-    margin = F.cos(theta * m1 + m2) - m3
-    if m2 <= 0.0:
-        return margin
-    fallback = cos_y - m2 * math.sin(m2) - m3
-    inside = (theta * m1 + m2 <= math.pi)
-    return F.where(inside, margin, fallback)
-
-
 def init_weight_rows(start, end, emb_size, std=0.01, seed=0):
     """Rows ``[start, end)`` of the N(0, std²) initial fc7 weight, identical whatever the sharding."""
     rows = []
@@ -91,7 +73,7 @@ class PartialFC(MarginWarmup):
     """fc7 weight (num_classes × emb_size) split over ``contexts``, computing the margin softmax loss.
 
     Parameters: ``num_classes``, ``emb_size``; ``contexts`` (list of mx.Context, one shard each);
-    ``sample_rate`` in (0, 1]; ``scale`` s and ``margins`` (m1, m2, m3) of SPEC §3 (default ArcFace 64, 0.5;
+    ``sample_rate`` in (0, 1]; ``scale`` s and ``margins`` (m1, m2, m3) of :mod:`recipes.heads` (default ArcFace 64, 0.5;
     ``None``: the plain, unnormalised softmax head ``x · Wᵀ`` as in ``recipes.heads``);
     ``momentum``, ``wd`` of the fc7 SGD update; ``init_std``, ``seed`` of the N(0, std²) initialisation
     (must be the same on every worker); ``sample_seed`` of the negative sampling (default: from ``seed``;
@@ -181,12 +163,12 @@ class PartialFC(MarginWarmup):
                 logits = cos
                 target = mx.nd.pick(logits, position, axis=1)
             else:
-                cos = mx.nd.clip(cos, -1.0 + _EPS, 1.0 - _EPS)
+                cos = mx.nd.clip(cos, -1.0 + COS_EPS, 1.0 - COS_EPS)
                 cos_y = mx.nd.pick(cos, position, axis=1)
                 if margins == (1.0, 0.0, 0.0):
                     logits, target = self.scale * cos, self.scale * cos_y
                 else:
-                    target_cos = target_logit(cos_y, *margins)
+                    target_cos = target_cosine(mx.nd, cos_y, *margins)
                     onehot = mx.nd.one_hot(position, depth=w.shape[0]) * present.reshape((-1, 1))
                     logits = self.scale * (cos + onehot * (target_cos - cos_y).reshape((-1, 1)))
                     target = self.scale * target_cos

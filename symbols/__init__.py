@@ -1,4 +1,4 @@
-"""The network zoo: one registry, name → constructor (SPEC §2).
+"""The network zoo: one registry, name → constructor (docs/architecture.md).
 
 >>> net = get_model('seesaw_shuffle', emb_size=512)
 >>> net.initialize(); net(mx.nd.zeros((1, 3, 112, 112))).shape   # (1, 512)

@@ -1,14 +1,12 @@
-"""Building blocks shared by every network family (SPEC §1).
+"""Building blocks shared by every network family (docs/architecture.md).
 
-Every block takes its activation as an argument (``'swish'``, ``'prelu'`` or ``None``); nothing reads a
-global config. Child blocks get explicit prefixes, so parameter names in an exported
+Every block takes its activation as an argument (``'swish'``, ``'prelu'``, ``'relu'`` or ``None``); nothing
+reads a global config. Child blocks get explicit prefixes, so parameter names in an exported
 ``-symbol.json`` read like ``seesaw_shuffle_stage1_down_expand_1_conv_weight``.
 """
 from mxnet import init as mx_init
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
-
-from . import fused
 
 BN_EPSILON = 1e-5  # the reference implementation's (PyTorch default)
 BN_MOMENTUM = 0.9
@@ -17,51 +15,11 @@ ACTIVATIONS = ("swish", "prelu", "relu")
 
 
 class Swish(HybridBlock):
-    """``x * sigmoid(x)`` (SPEC §1). Uses ``Activation(act_type='sigmoid')``, ~10x faster than ``F.sigmoid``;
-    one ``seesaw_swish`` operator when fused (:mod:`symbols.fused`)."""
-
-    supports_fused_ops = True
+    """``x * sigmoid(x)``, the Seesaw networks' activation. ``Activation(act_type='sigmoid')`` is ~10x faster
+    than ``F.sigmoid`` on CPU."""
 
     def hybrid_forward(self, F, x):
-        if fused.active(self):
-            return F.seesaw_swish(x)
         return x * F.Activation(x, act_type="sigmoid")
-
-
-class PReLU(nn.PReLU):
-    """Per-channel PReLU (parameter ``alpha``, as ``gluon.nn.PReLU``); ``seesaw_prelu`` when fused."""
-
-    supports_fused_ops = True
-
-    def hybrid_forward(self, F, x, alpha):
-        if fused.active(self):
-            return F.seesaw_prelu(x, alpha)
-        return F.LeakyReLU(x, gamma=alpha, act_type="prelu", name="fwd")
-
-
-class BatchNorm(nn.BatchNorm):
-    """``gluon.nn.BatchNorm`` (same parameters and standard graph) that can also apply the swish after it.
-
-    With ``swish=True`` and fused operators enabled (:mod:`symbols.fused`) the block computes
-    ``swish(BatchNorm(x))`` in one ``seesaw_bn_swish`` operator: batch statistics and running-statistic updates as
-    ``BatchNorm`` in training, running statistics in inference, and no BatchNorm output kept for the backward.
-    Otherwise (or under :func:`symbols.fused.standard_ops`) it is plain ``BatchNorm`` and the caller applies the
-    activation; :meth:`applies_swish` says which graph is being traced.
-    """
-
-    def __init__(self, swish=False, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_fused_ops = bool(swish)
-
-    def applies_swish(self):
-        """Whether the graph traced now includes the swish (fused operators active for this block)."""
-        return self.supports_fused_ops and fused.active(self)
-
-    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
-        if not self.applies_swish():
-            return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
-        return F.seesaw_bn_swish(x, gamma, beta, running_mean, running_var, fused.is_train_flag(F),
-                                 eps=self._kwargs["eps"], momentum=self._kwargs["momentum"])[0]
 
 
 def make_activation(act, channels, prefix):
@@ -69,15 +27,14 @@ def make_activation(act, channels, prefix):
     if act == "swish":
         return Swish(prefix=prefix)
     if act == "prelu":
-        return PReLU(alpha_initializer=mx_init.Constant(0.25), in_channels=channels, prefix=prefix)
+        return nn.PReLU(alpha_initializer=mx_init.Constant(0.25), in_channels=channels, prefix=prefix)
     if act == "relu":
         return nn.Activation("relu", prefix=prefix)
     raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATIONS)}")
 
 
 class ConvBNAct(HybridBlock):
-    """Conv (no bias) → BatchNorm → activation; ``act=None`` gives the Linear block (SPEC §1). BatchNorm + swish
-    is one ``seesaw_bn_swish`` operator when fused operators are enabled (:class:`BatchNorm`).
+    """Conv (no bias) → BatchNorm → activation; ``act=None`` gives the Linear block.
 
     Shapes: (N, in_channels, H, W) → (N, channels, H/stride, W/stride).
     """
@@ -87,15 +44,12 @@ class ConvBNAct(HybridBlock):
         with self.name_scope():
             self.conv = nn.Conv2D(channels, kernel, strides=stride, padding=pad, groups=groups, use_bias=False,
                                   in_channels=in_channels, prefix="conv_")
-            self.bn = BatchNorm(swish=act == "swish", momentum=BN_MOMENTUM, epsilon=BN_EPSILON, in_channels=channels,
-                                prefix="bn_")
+            self.bn = nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, in_channels=channels, prefix="bn_")
             self.act = make_activation(act, channels, "act_") if act else None
 
     def hybrid_forward(self, F, x):
         x = self.bn(self.conv(x))
-        if self.act is None or self.bn.applies_swish():  # seesaw_bn_swish applied the swish
-            return x
-        return self.act(x)
+        return x if self.act is None else self.act(x)
 
 
 def depthwise(channels, stride=1, act="swish", kernel=3, pad=1, prefix=None):
@@ -104,7 +58,7 @@ def depthwise(channels, stride=1, act="swish", kernel=3, pad=1, prefix=None):
 
 
 class SEBlock(HybridBlock):
-    """Squeeze-excitation (SPEC §1): GAP → FC E→E/r (bias) → PReLU → FC E/r→E (bias) → sigmoid → scale.
+    """Squeeze-excitation, on every Seesaw block after the depthwise conv: GAP → FC E→E/r (bias) → PReLU → FC E/r→E (bias) → sigmoid → scale.
 
     The fully connected layers are written as 1×1 convolutions on the pooled (N, E, 1, 1) map: the same
     weights and multiply-adds as Dense, with no reshape and no 2-D BatchNorm/PReLU input.
@@ -118,25 +72,20 @@ class SEBlock(HybridBlock):
             self.act = make_activation("prelu", hidden, "act_")
             self.fc2 = nn.Conv2D(channels, 1, in_channels=hidden, prefix="fc2_")
 
-    supports_fused_ops = True
+    def pool(self, F, x):
+        """Global average pool: (N, E, H, W) → (N, E, 1, 1)."""
+        return F.contrib.AdaptiveAvgPooling2D(x, output_size=1)
 
     def gate(self, F, x):
-        """The (N, E, 1, 1) sigmoid gate for ``x``; a parent block can apply it itself (``seesaw_scale_split``)."""
-        if fused.active(self):
-            w = F.seesaw_spatial_mean(x)
-        else:
-            w = F.contrib.AdaptiveAvgPooling2D(x, output_size=1)
-        return F.Activation(self.fc2(self.act(self.fc1(w))), act_type="sigmoid")
+        """The (N, E, 1, 1) sigmoid gate for ``x``."""
+        return F.Activation(self.fc2(self.act(self.fc1(self.pool(F, x)))), act_type="sigmoid")
 
     def hybrid_forward(self, F, x):
-        w = self.gate(F, x)
-        if fused.active(self):
-            return F.seesaw_scale(x, w)
-        return F.broadcast_mul(x, w)
+        return F.broadcast_mul(x, self.gate(F, x))
 
 
 def channel_shuffle(F, x, groups=2):
-    """Channel shuffle (SPEC §1.3): view (N, g, C/g, H, W), swap axes 1 and 2, flatten back.
+    """Channel shuffle of the Seesaw-shuffle block: view (N, g, C/g, H, W), swap axes 1 and 2, flatten back.
 
     Output channel ``i*g + j`` is input channel ``j*(C/g) + i``.
     """
@@ -146,7 +95,7 @@ def channel_shuffle(F, x, groups=2):
 
 
 class GDCHead(HybridBlock):
-    """Global depthwise-conv embedding head (SPEC §1).
+    """Global depthwise-conv (GDC) embedding head.
 
     ConvBNAct 1×1 → 512, Linear 7×7 depthwise (no padding), FC 512→emb (no bias), BatchNorm.
     Shapes: (N, in_channels, 7, 7) → (N, emb_size). The FC is a 1×1 convolution on the (N, 512, 1, 1)
@@ -202,21 +151,6 @@ class FaceNet(HybridBlock):
                             stage.add(make_block(out_c, out_c, res_expansion, 1, f"res{j}_"))
                     self.stages.add(stage)
             self.head = GDCHead(table[-1][1], emb_size, act=act, prefix="head_")
-        for stage in self.stages:
-            for block in stage:
-                if hasattr(block, "emit_pieces"):
-                    block.emit_pieces = True
-
-    supports_fused_ops = True
 
     def hybrid_forward(self, F, x):
-        x = self.stem(x)
-        if not fused.active(self):
-            return self.head(self.stages(x))
-        # Fused operators: blocks may pass their output on as channel pieces (SeesawBlock.emit_pieces).
-        pieces = (x,)
-        for stage in self.stages:
-            for block in stage:
-                out = block(*pieces)
-                pieces = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        return self.head(pieces[0] if len(pieces) == 1 else F.concat(*pieces, dim=1))
+        return self.head(self.stages(self.stem(x)))

@@ -1,4 +1,4 @@
-"""MobileFaceNet, the baseline (SPEC §1–2).
+"""MobileFaceNet, the baseline (docs/architecture.md).
 
 Stage table, rows ``(in_c, out_c, expansion, n_residual, residual_expansion)``: one stride-2 bottleneck
 ``in_c→out_c`` then ``n_residual`` residual bottlenecks.

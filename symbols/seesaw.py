@@ -1,4 +1,4 @@
-"""SeesawFaceNets (SPEC §1–2): Seesaw-shuffle, Seesaw-share, the MobileFaceNet-depth variant and DW-Seesaw.
+"""SeesawFaceNets (arXiv 1908.09124, Tables 1, 2 and 6; docs/architecture.md): Seesaw-shuffle, Seesaw-share, the MobileFaceNet-depth variant and DW-Seesaw.
 
 Stage tables, rows ``(in_c, out_c, expansion, n_residual, residual_expansion)``: each stage is one stride-2
 ``Block(in_c→out_c, expansion)`` followed by ``n_residual`` ``RBlock(out_c, residual_expansion)``.
@@ -14,10 +14,8 @@ Stage tables, rows ``(in_c, out_c, expansion, n_residual, residual_expansion)``:
 The DW networks use shuffle blocks: the authors' DW_seesawFaceNetv2 weights reproduce only that way
 (tests/test_convert_pytorch.py), and its skip branch is 2×2/2 max pool → ConvBNAct (swish) 1×1.
 """
-import mxnet as mx
 from mxnet.gluon.block import HybridBlock
 
-from . import fused
 from .common import ConvBNAct, FaceNet, SEBlock, channel_shuffle, depthwise
 
 SEESAW_TABLE = [(64, 64, 128, 4, 128), (64, 128, 256, 6, 256), (128, 128, 512, 2, 256)]
@@ -28,7 +26,7 @@ VARIANTS = ("shuffle", "share")
 
 
 class SeesawBlock(HybridBlock):
-    """Seesaw block ``in_c → out_c`` with expansion ``E`` and stride ``s`` (SPEC §1).
+    """Seesaw block ``in_c → out_c`` with expansion ``E`` and stride ``s``.
 
     Uneven split 1/4 : 3/4 → two 1×1 expansions (E/4, 3E/4) → concat → [shuffle: 2-group channel shuffle]
     → 3×3 depthwise (stride s) → SE → two linear 1×1 projections (shuffle: first E/4 → out/4, rest → 3out/4;
@@ -63,19 +61,7 @@ class SeesawBlock(HybridBlock):
             else:
                 self.skip = None
 
-    supports_fused_ops = True
-
-    # Set by FaceNet: with fused operators, a shuffle block hands its output to the next block as the two pieces
-    # that block's uneven split would cut (the projections write exactly those), so no concat and no split.
-    emit_pieces = False
-
-    def hybrid_forward(self, F, x, rest=None):
-        """``x`` (N, in_c, H, W), or (fused operators) ``x`` and ``rest`` = its first in_c/4 and the other
-        channels. Returns (N, out_c, H/s, W/s), or (fused, ``emit_pieces``) its two pieces."""
-        if fused.active(self):
-            return self._fused_forward(F, x, rest)
-        if rest is not None:
-            x = F.concat(x, rest, dim=1)
+    def hybrid_forward(self, F, x):
         first = F.slice_axis(x, axis=1, begin=0, end=self.in_quarter)
         rest = F.slice_axis(x, axis=1, begin=self.in_quarter, end=None)
         y = F.concat(self.expand_1(first), self.expand_3(rest), dim=1)
@@ -96,44 +82,6 @@ class SeesawBlock(HybridBlock):
         if self.variant == "shuffle":
             return F.concat(self.project_1(low), self.project_3(high), dim=1)
         return F.concat(self.project_3(low), self.project_1(high), dim=1)
-
-    def _fused_forward(self, F, x, rest):
-        """One uneven split op (unless given the pieces), both expansions + concat/shuffle in one op, the SE scale
-        and the projections' split in one op."""
-        whole = x if rest is None else None
-        if rest is None:
-            first, rest = F.seesaw_split(x, point=self.in_quarter)
-        else:
-            first = x
-        y = self.dw(self._expand_fused(F, first, rest))
-        low, high = F.seesaw_scale_split(y, self.se.gate(F, y), point=self._projection_point())
-        if self.variant == "shuffle" and self.skip is None:
-            pieces = [self.project_1(low), self.project_3(high)]  # (out/4 | 3out/4): the next block's split
-            if self.residual:
-                pieces = [pieces[0] + first, pieces[1] + rest]
-            return tuple(pieces) if self.emit_pieces else F.concat(*pieces, dim=1)
-        if whole is None:
-            whole = F.concat(first, rest, dim=1)
-        return self._finish(F, whole, self._project(F, low, high))
-
-    def _expand_fused(self, F, first, rest):
-        """The two expansions, concatenated (and shuffled), with fused operators: both BatchNorm + swish and the
-        concat + shuffle in one ``seesaw_bn_swish_concat`` when the activation is swish."""
-        groups = 2 if self.variant == "shuffle" else 1
-        bns = (self.expand_1.bn, self.expand_3.bn)
-        if not all(bn.applies_swish() for bn in bns):
-            a, b = self.expand_1(first), self.expand_3(rest)
-            return F.seesaw_concat_shuffle(a, b, groups=2) if groups == 2 else F.concat(a, b, dim=1)
-        a, b = self.expand_1.conv(first), self.expand_3.conv(rest)
-        if F is mx.sym:
-            params = [p.var() for bn in bns for p in (bn.gamma, bn.beta, bn.running_mean, bn.running_var)]
-        else:
-            params = [p.data(a.context) for bn in bns for p in (bn.gamma, bn.beta, bn.running_mean, bn.running_var)]
-        kwargs = bns[0]._kwargs
-        if any(bn._kwargs["eps"] != kwargs["eps"] or bn._kwargs["momentum"] != kwargs["momentum"] for bn in bns):
-            raise ValueError("the two expansion BatchNorms of a Seesaw block differ in eps or momentum")
-        return F.seesaw_bn_swish_concat(a, b, *params, fused.is_train_flag(F), groups=groups, eps=kwargs["eps"],
-                                        momentum=kwargs["momentum"])[0]
 
     def _finish(self, F, x, y):
         """Residual add and DW-Seesaw v2's skip branch."""

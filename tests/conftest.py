@@ -7,7 +7,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+from deploy.process import use_all_cores  # noqa: E402  (before mxnet loads, as the commands do)
+
+use_all_cores()
 os.environ.setdefault("MXNET_CUDNN_AUTOTUNE_DEFAULT", "0")
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")

@@ -1,9 +1,9 @@
-"""tools/bench_train.py: the recipe's own training step, in the graph mode the recipe would use."""
+"""tools/bench/training.py: the recipe's own training step, in the graph mode the recipe would use."""
 import platform
 
 import pytest
 
-from tools import bench_train
+from tools.bench import training as bench_train
 
 
 @pytest.mark.parametrize("network,mode", [("seesaw_shuffle", "alloc"), ("mobilefacenet", "alloc")])
@@ -24,7 +24,7 @@ def test_rejects_unknown_options():
 _PROBE = r"""
 import ctypes, json, platform, sys
 sys.path.insert(0, sys.argv[1])
-from tools._cli import tune_malloc
+from deploy.process import tune_malloc
 tuned = tune_malloc() if sys.argv[2] == "tuned" else None
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

@@ -1,10 +1,10 @@
-"""tools/benchmark.py: every (network, mode) is measured in one run, with ratios to mobilefacenet."""
+"""tools/bench/inference.py: every (network, mode) is measured in one run, with ratios to mobilefacenet."""
 import json
 import re
 
 import pytest
 
-from tools import benchmark
+from tools.bench import inference as benchmark
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_command_line_shares_one_onnx_thread_pool(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "b.json"
-    done = subprocess.run([sys.executable, "tools/benchmark.py", "--networks", "seesaw_share", "--modes",
+    done = subprocess.run([sys.executable, "tools/bench/inference.py", "--networks", "seesaw_share", "--modes",
                            "onnxruntime", "--runs", "5", "--runs-batch", "2", "--batch", "2", "--no-memory",
                            "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

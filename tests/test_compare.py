@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
+from deploy import export
 from tests.test_deploy import _trained_like
-from tools import compare, embed, export
+from tools import compare, embed
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def faces(tmp_path_factory):
 
 
 def _run(main, argv, capsys):
-    from tools._cli import run_cli
+    from deploy.process import run_cli
 
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, argv)

@@ -58,7 +58,7 @@ def test_key_mapping():
 
 def test_cli_reports_missing_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        from tools._cli import run_cli
+        from deploy.process import run_cli
         run_cli(convert_tool.main, ["--input", str(tmp_path / "none.pth"), "--network", "seesaw_shuffle",
                                     "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2

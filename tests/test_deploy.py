@@ -1,4 +1,4 @@
-"""The folded inference graph (symbols.deploy) computes the source network's embedding exactly."""
+"""The folded inference graph (deploy.lower, deploy.graph) computes the source network's embedding exactly."""
 import json
 
 import mxnet as mx
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import symbols
+from deploy.lower import LAYOUTS, build_deploy_graph, fold_batchnorm, shuffle_permutation
 from symbols.common import channel_shuffle
-from symbols.deploy import LAYOUTS, build_deploy_graph, fold_batchnorm, shuffle_permutation
 
 
 def _trained_like(name, seed=0, **kwargs):

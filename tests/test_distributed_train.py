@@ -50,8 +50,6 @@ def tiny_data(tmp_path_factory):
 
 
 def test_launcher_trains_recipe_on_two_workers(tmp_path, tiny_data):
-    if not os.path.exists(os.path.join(ROOT, "recipes", "train.py")):
-        pytest.skip("recipes/train.py not there yet")
     wrapper = tmp_path / "train_worker.py"
     wrapper.write_text(WRAPPER)
     weights, output = tmp_path / "weights", tmp_path / "run"
@@ -84,8 +82,10 @@ def test_launcher_trains_recipe_on_two_workers(tmp_path, tiny_data):
     # rank 0 alone wrote the checkpoint; it loads and evaluates
     assert sorted(p.name for p in output.glob("model-*.params")) == ["model-0001.params"]
     assert (output / "train.log").read_text().count("[rank 1]") == 0
-    from eval.verification import evaluate, extract_embeddings, load_model
     import datasets
+    from deploy.checkpoint import load_model
+    from eval.embeddings import extract_embeddings
+    from eval.metrics import evaluate
     net = load_model(f"{output}/model,1", [mx.cpu()])
     images, issame = datasets.load_bin(str(tiny_data / "synth_lfw.bin"))
     embeddings = extract_embeddings(net, images, ctx=[mx.cpu()], batch_size=20)

@@ -1,4 +1,5 @@
-"""tools/export.py: every export reproduces the source network, or is refused with the measured difference."""
+"""Exports (deploy.export, deploy.int8, tools/export.py): every export reproduces the source network, or is
+refused with the measured difference."""
 import json
 import os
 
@@ -6,8 +7,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from deploy import checkpoint, embedders, export, int8, mxnet_runtime
 from tests.test_deploy import _trained_like
-from tools import export
+from tools import export as export_cli
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +24,18 @@ def source(tmp_path_factory):
 
 def test_checkpoint_round_trip_recognises_network(source):
     net, spec, probe = source
-    loaded, info = export.load_source(spec)
+    loaded, info = checkpoint.load_source(spec)
     assert info["network"] == "seesaw_shuffle" and info["emb_size"] == 512
     x = mx.nd.array(probe)
     assert np.abs(loaded(x).asnumpy() - net(x).asnumpy()).max() == 0
 
 
 def test_infer_network_prefers_longest_name_and_mfn_activation():
-    assert export.infer_network(["arg:seesaw_shuffle_mobi_stem_conv_conv_weight"])[0] == "seesaw_shuffle_mobi"
-    assert export.infer_network(["mobilefacenet_stem_conv_act_alpha"]) == ("mobilefacenet", {"act": "prelu"})
-    assert export.infer_network(["mobilefacenet_stem_conv_conv_weight"]) == ("mobilefacenet", {"act": "swish"})
+    assert checkpoint.infer_network(["arg:seesaw_shuffle_mobi_stem_conv_conv_weight"])[0] == "seesaw_shuffle_mobi"
+    assert checkpoint.infer_network(["mobilefacenet_stem_conv_act_alpha"]) == ("mobilefacenet", {"act": "prelu"})
+    assert checkpoint.infer_network(["mobilefacenet_stem_conv_conv_weight"]) == ("mobilefacenet", {"act": "swish"})
     with pytest.raises(ValueError, match="--network"):
-        export.infer_network(["resnet_conv0_weight"])
+        checkpoint.infer_network(["resnet_conv0_weight"])
 
 
 def test_deploy_and_onnx_exports_match(source, tmp_path):
@@ -45,8 +47,8 @@ def test_deploy_and_onnx_exports_match(source, tmp_path):
     sym, args, aux = mx.model.load_checkpoint(str(tmp_path / "deploy" / "deploy"), 0)
     ops = {n["op"] for n in json.loads(sym.tojson())["nodes"]}
     assert not ops & {"transpose", "SwapAxis", "Reshape", "BatchNorm"}
-    block = export.symbol_block(sym, args, aux)
-    assert np.abs(export.run_block(block, probe) - net(mx.nd.array(probe)).asnumpy()).max() <= 1e-4
+    block = mxnet_runtime.symbol_block(sym, args, aux)
+    assert np.abs(mxnet_runtime.run_block(block, probe) - net(mx.nd.array(probe)).asnumpy()).max() <= 1e-4
 
     stats = export.export_onnx(net, str(tmp_path / "model.onnx"), probe)
     assert stats["max_abs_diff"] <= 1e-4 and stats["min_cosine"] > 0.9999
@@ -95,24 +97,24 @@ def test_int8_keeps_every_embedding_of_a_trained_network(trained_net, generated_
     calib = export.load_images(os.path.join(generated_faces, "train.rec"), 64, seed=0)
     probe = np.concatenate([export.load_images(os.path.join(generated_faces, f"{name}.bin"), 24, seed=1)
                             for name in ("synth_lfw", "synth_cfp_fp", "synth_agedb_30")])
-    quantized = export.quantize_int8(trained_net, calib)
+    quantized = int8.quantize_int8(trained_net, calib)
     ops = {n["op"] for n in json.loads(quantized[0].tojson())["nodes"]}
     assert "_sg_mkldnn_conv" in ops and any("quantize" in op for op in ops)
     reference = trained_net(mx.nd.array(probe)).asnumpy()
-    stats = export.compare_embeddings(reference, export.run_block(export.int8_block(*quantized), probe))
+    stats = embedders.compare_embeddings(reference, mxnet_runtime.run_block(int8.int8_block(*quantized), probe))
     assert stats["max_abs_diff"] > 1e-3  # really quantized
     assert stats["min_cosine"] >= 0.99, stats  # every image
 
 
 def test_se_equalization_keeps_the_function(trained_net, generated_faces):
     images = export.load_images(os.path.join(generated_faces, "train.rec"), 16, seed=2)
-    sym, args, aux = export.traced_symbol(trained_net)
-    eq_sym, eq_args, eq_aux = export.equalize_se_outputs(sym, args, aux, images)
+    sym, args, aux = mxnet_runtime.traced_symbol(trained_net)
+    eq_sym, eq_args, eq_aux = int8.equalize_se_outputs(sym, args, aux, images)
     gates = [n["name"] for n in json.loads(eq_sym.tojson())["nodes"] if n["name"].endswith("_equalize_gate")]
-    assert len(gates) == sum(n.endswith("_se_broadcast_mul0") for n in export._layer_names(sym)) > 0
+    assert len(gates) == sum(n.endswith("_se_broadcast_mul0") for n in int8._layer_names(sym)) > 0
     scales = [eq_args[g[:-len("_gate")]].asnumpy() for g in gates]
     assert max(float(s.max()) for s in scales) > 2  # channels were rescaled ...
-    out = export.run_block(export.symbol_block(eq_sym, eq_args, eq_aux, backend=None), images)
+    out = mxnet_runtime.run_block(mxnet_runtime.symbol_block(eq_sym, eq_args, eq_aux, backend=None), images)
     assert np.abs(out - trained_net(mx.nd.array(images)).asnumpy()).max() <= 1e-4  # ... the function was not
 
 
@@ -120,17 +122,17 @@ def test_int8_export_refuses_a_bad_quantization(tmp_path, monkeypatch):
     net = _trained_like("mobilefacenet", seed=2)
     rng = np.random.RandomState(0)
     images = rng.normal(0, 0.6, (12, 3, 112, 112)).astype(np.float32)
-    quantized = export.quantize_int8(net, images[:8])
-    monkeypatch.setattr(export, "quantize_int8", lambda *args, **kwargs: quantized)
+    quantized = int8.quantize_int8(net, images[:8])
+    monkeypatch.setattr(int8, "quantize_int8", lambda *args, **kwargs: quantized)
     refused = r"min cosine similarity 0\.\d+ < 0\.999.*--calib-images, 8 now"
     with pytest.raises(export.ExportMismatch, match=refused):
-        export.export_int8(net, str(tmp_path / "int8"), images[:8], images[8:], min_cosine=0.999)
+        int8.export_int8(net, str(tmp_path / "int8"), images[:8], images[8:], min_cosine=0.999)
     assert not os.path.exists(tmp_path / "int8-symbol.json")
 
 
 def test_cli_writes_report(source, tmp_path, capsys):
     _, spec, _ = source
-    assert export.main(["--model", spec, "--output", str(tmp_path), "--formats", "onnx"]) == 0
+    assert export_cli.main(["--model", spec, "--output", str(tmp_path), "--formats", "onnx"]) == 0
     report = json.load(open(tmp_path / "export.json"))
     assert report["exports"]["onnx"]["max_abs_diff"] <= 1e-4
     assert "onnx" in capsys.readouterr().out

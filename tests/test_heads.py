@@ -1,4 +1,4 @@
-"""Margin heads (SPEC §3): target logits against a numpy reference, the θ+m>π fallback, clamping, warm-up."""
+"""Margin heads: target logits against a numpy reference, the θ+m>π fallback, clamping, warm-up."""
 import math
 
 import mxnet as mx

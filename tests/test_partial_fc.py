@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
-from recipes.partial_fc import PartialFC, init_weight_rows, num_sampled, shard_ranges, target_logit
+from recipes.heads import MarginHead, target_cosine
+from recipes.partial_fc import PartialFC, init_weight_rows, num_sampled, shard_ranges
 
 NUM_CLASSES, EMB = 23, 8
 ARCFACE = dict(scale=64.0, margins=(1.0, 0.5, 0.0))
@@ -43,7 +44,7 @@ def reference(weight, xs, ys, scale, margins):
         cos = mx.nd.dot(mx.nd.L2Normalization(x), mx.nd.L2Normalization(weight), transpose_b=True)
         cos_y = mx.nd.pick(cos, y, axis=1)
         onehot = mx.nd.one_hot(y, weight.shape[0])
-        logits = scale * (cos + onehot * (target_logit(cos_y, *margins) - cos_y).reshape((-1, 1)))
+        logits = scale * (cos + onehot * (target_cosine(mx.nd, cos_y, *margins) - cos_y).reshape((-1, 1)))
         loss = -mx.nd.pick(mx.nd.log_softmax(logits, axis=1), y, axis=1)
     loss.backward()
     splits = np.cumsum([len(v) for v in xs])[:-1]
@@ -83,15 +84,15 @@ def test_embedding_gradients_land_on_their_own_devices():
     assert [x.grad.context for x in xs] == [mx.cpu(0), mx.cpu(1), mx.cpu(5)]
 
 
-def test_target_logit_margins():
+def test_target_cosine_margins():
     theta = np.array([0.1, 1.0, 2.5, 3.0])
     cos = mx.nd.array(np.cos(theta))
-    arc = target_logit(cos, 1.0, 0.5, 0.0).asnumpy()
+    arc = target_cosine(mx.nd, cos, 1.0, 0.5, 0.0).asnumpy()
     expected = np.where(theta + 0.5 <= math.pi, np.cos(theta + 0.5), np.cos(theta) - 0.5 * math.sin(0.5))
     np.testing.assert_allclose(arc, expected, rtol=1e-5, atol=1e-6)
     assert np.all(np.diff(arc) < 0)  # monotone in theta across the fallback point
-    np.testing.assert_allclose(target_logit(cos, 1.0, 0.0, 0.35).asnumpy(), np.cos(theta) - 0.35, rtol=1e-6)
-    np.testing.assert_allclose(target_logit(cos, 1.0, 0.0, 0.0).asnumpy(), np.cos(theta), rtol=1e-6)
+    np.testing.assert_allclose(target_cosine(mx.nd, cos, 1.0, 0.0, 0.35).asnumpy(), np.cos(theta) - 0.35, rtol=1e-6)
+    np.testing.assert_allclose(target_cosine(mx.nd, cos, 1.0, 0.0, 0.0).asnumpy(), np.cos(theta), rtol=1e-6)
 
 
 def test_shard_ranges_and_sample_counts():
@@ -213,8 +214,7 @@ def test_allreduce_hook_sums_gradients_and_masks_before_the_update():
                                                   ((1.0, 0.0, 0.35), 1.0), ((1.2, 0.3, 0.1), 1.0), (None, 1.0)])
 def test_matches_the_recipe_margin_head(margins, margin_scale):
     """At rate 1 the sharded loss and gradients equal recipes.heads.MarginHead + softmax cross-entropy."""
-    heads = pytest.importorskip("recipes.heads")
-    head = heads.MarginHead(NUM_CLASSES, EMB, scale=32.0, margins=margins, prefix="fc7_")
+    head = MarginHead(NUM_CLASSES, EMB, scale=32.0, margins=margins, prefix="fc7_")
     head.initialize(ctx=mx.cpu())
     pfc = PartialFC(NUM_CLASSES, EMB, contexts(3), scale=32.0, margins=margins)
     head.weight.set_data(mx.nd.array(pfc.gather_weight()))

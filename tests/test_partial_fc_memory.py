@@ -1,8 +1,8 @@
-"""tools/bench_fc7_memory.py: the memory model agrees with what PartialFC allocates; the CLI writes its outputs."""
+"""tools/bench/fc7_memory.py: the memory model agrees with what PartialFC allocates; the CLI writes its outputs."""
 import mxnet as mx
 
 from recipes.partial_fc import PartialFC
-from tools import bench_fc7_memory as bench
+from tools.bench import fc7_memory as bench
 
 
 def test_persistent_model_equals_allocated_arrays():

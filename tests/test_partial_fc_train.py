@@ -1,12 +1,8 @@
 """recipes/train.py with --fc7-parallel: fc7 sharded over 2 CPU contexts with class sampling trains, saves a
-device-count-free state, and resumes on 1 context (skipped until the training script has the option)."""
+device-count-free state, and resumes on 1 context."""
 import numpy as np
-import pytest
-
-from recipes import config
 
 
-@pytest.mark.skipif("fc7_parallel" not in config.OPTIONS, reason="recipes/train.py has no --fc7-parallel yet")
 def test_train_sharded_sampled_fc7_and_resume_on_other_device_count(tmp_path):
     from datasets import synthetic
     from recipes import train

@@ -6,13 +6,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import symbols
 from datasets import synthetic
+from deploy import process
 from recipes import checkpoint as ckpt
-from recipes import config
-from recipes import train
+from recipes import config, fused, train
 from recipes.callbacks import Callback
-from tools import _cli as tools_cli
+from recipes.distributed import choose_engine
+from recipes.loop import TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +84,14 @@ def test_mobilefacenet_with_verification_and_plot(data_dir, tmp_path):
     assert os.path.getsize(tmp_path / "curves.png") > 1000
     log = open(tmp_path / "train.log").read()
     assert "[synth_lfw]" in log and "samples/s" in log and "ETA" in log
-    tuned = tools_cli.tune_malloc() is not None  # what --malloc-tuning (on by default) could do on this system
+    tuned = process.tune_malloc() is not None  # what --malloc-tuning (on by default) could do on this system
     assert ("malloc: mmap_max 0, trim_threshold 2147483647 (after the first step)" in log) == tuned
     assert ("malloc: not tuned" in log) == (not tuned)
 
     # the exported embedding network loads with mx.model.load_checkpoint and matches the live network
     # (trained with the fused CPU operators when they build; the saved graph holds standard operators only)
-    assert symbols.fused.available() == any(getattr(b, "_fused_ops", False)
-                                            for b in capture.state.backbone.stem.conv._children.values())
+    assert fused.available() == any(type(b).__module__ == "recipes.fused.layers"
+                                    for b in capture.state.backbone.stem.conv._children.values())
     ops = {node["op"] for node in json.load(open(tmp_path / "model-symbol.json"))["nodes"]}
     assert "LeakyReLU" in ops and not any(op.startswith("seesaw_") for op in ops)
     sym, arg_params, aux_params = mx.model.load_checkpoint(str(tmp_path / "model"), 1)
@@ -185,7 +185,7 @@ class PoisonWeights(Callback):
 
 def test_nan_loss_stops_with_checkpoint_intact(data_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(train.TrainingDiverged, match="loss became nan at epoch 2, step 5"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 5"):
         train.run(_options(data_dir, out), extra_callbacks=[PoisonWeights()])
     pointer = ckpt.read_pointer(str(out))
     assert pointer["last"]["epoch"] == 1
@@ -228,14 +228,14 @@ def test_command_line_reports_bad_input_without_traceback(tmp_path):
 def test_engine_choice():
     env = os.environ
     env.pop("MXNET_ENGINE_TYPE", None)  # restored by conftest
-    assert train.choose_engine([mx.cpu()], distributed=False) == "NaiveEngine"
+    assert choose_engine([mx.cpu()], distributed=False) == "NaiveEngine"
     assert env["MXNET_ENGINE_TYPE"] == "NaiveEngine"
     for contexts, distributed in (([mx.cpu(0), mx.cpu(1)], False), ([mx.gpu(0)], False), ([mx.cpu()], True)):
         env.pop("MXNET_ENGINE_TYPE", None)
-        assert train.choose_engine(contexts, distributed) == "ThreadedEnginePerDevice"
+        assert choose_engine(contexts, distributed) == "ThreadedEnginePerDevice"
         assert "MXNET_ENGINE_TYPE" not in env
     env["MXNET_ENGINE_TYPE"] = "ThreadedEngine"  # the user's choice wins
-    assert train.choose_engine([mx.cpu()], distributed=False) == "ThreadedEngine"
+    assert choose_engine([mx.cpu()], distributed=False) == "ThreadedEngine"
 
 
 ENGINE_PROBE = """
@@ -243,7 +243,8 @@ import sys
 sys.path.insert(0, {root!r})
 import mxnet as mx
 from recipes import train  # imports everything train.py's run() has imported before it chooses
-print(train.choose_engine([mx.cpu()], distributed={distributed}))
+from recipes.distributed import choose_engine
+print(choose_engine([mx.cpu()], distributed={distributed}))
 try:
     y = mx.nd.take(mx.nd.ones((3, 2)), mx.nd.array([5]), mode="raise")  # fails inside the operator
     print("deferred")  # the threaded engine reports the failure at the next wait

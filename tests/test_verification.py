@@ -1,4 +1,4 @@
-"""Embedding extraction, model loading and the verification command line (SPEC §6, §7)."""
+"""Embedding extraction, model loading and the verification command line ."""
 import json
 import os
 import subprocess
@@ -10,8 +10,12 @@ import pytest
 from mxnet.gluon import nn
 
 import datasets
+from deploy.checkpoint import load_model
+from deploy.mxnet_runtime import prepare_for_inference
 from eval import verification
-from eval.verification import evaluate, extract_embeddings, load_model, prepare_for_inference, verify_sets
+from eval.embeddings import extract_embeddings
+from eval.metrics import evaluate
+from eval.sets import load_sets, verify_sets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -191,7 +195,7 @@ def bin_dir(tmp_path_factory):
 
 
 def test_verify_sets_returns_protocol_results(bin_dir):
-    sets = verification.load_sets(str(bin_dir), "easy,hard")
+    sets = load_sets(str(bin_dir), "easy,hard")
     results = verify_sets(PixelNet(), sets, batch_size=16)
     assert list(results) == ["easy", "hard"]
     assert results["easy"]["accuracy"] == 1.0
@@ -201,9 +205,9 @@ def test_verify_sets_returns_protocol_results(bin_dir):
 
 def test_load_sets_names_what_is_missing(bin_dir):
     with pytest.raises(ValueError, match=r"no verification set lfw .*available: easy, hard, sorted"):
-        verification.load_sets(str(bin_dir), "easy,lfw")
+        load_sets(str(bin_dir), "easy,lfw")
     with pytest.raises(ValueError, match="not a directory"):
-        verification.load_sets(str(bin_dir / "nowhere"))
+        load_sets(str(bin_dir / "nowhere"))
 
 
 def test_command_line_writes_table_json_and_roc(bin_dir, tmp_path, capsys):
@@ -223,7 +227,7 @@ def test_command_line_writes_table_json_and_roc(bin_dir, tmp_path, capsys):
 
 
 def test_command_line_errors_are_one_line(bin_dir, tmp_path, capsys, monkeypatch):
-    from tools._cli import run_cli
+    from deploy.process import run_cli
 
     monkeypatch.delenv("SEESAW_DEBUG", raising=False)
     prefix = export(tiny_net(), str(tmp_path / "model"))
@@ -256,12 +260,12 @@ def test_fused_cpu_inference_matches_plain_for_a_real_network():
 
 
 def test_command_line_uses_onnxruntime_for_a_repository_network(bin_dir, tmp_path, capsys):
+    from deploy.export import export_symbol, probe_batch
     from tests.test_deploy import _trained_like
-    from tools import export as export_tool
 
     net = _trained_like("seesaw_shuffle", seed=4)
     prefix = str(tmp_path / "model")
-    export_tool.export_symbol(net, prefix, export_tool.probe_batch(2))
+    export_symbol(net, prefix, probe_batch(2))
     results = {}
     for backend in ("auto", "mxnet"):
         out = tmp_path / f"{backend}.json"
@@ -278,5 +282,5 @@ def test_command_line_falls_back_to_mxnet_for_other_networks(bin_dir, tmp_path, 
     prefix = export(PixelNet(), str(tmp_path / "model"))
     assert verification.main(["--model", prefix + ",0", "--data-dir", str(bin_dir), "--target", "easy"]) == 0
     printed = capsys.readouterr().out
-    assert "note: evaluating with MXNet: " in printed and "on cpu(0)" in printed
+    assert "warning: cannot use onnxruntime for " in printed and "on cpu(0)" in printed
     assert any(line.startswith("easy ") and "100.00 ± 0.00" in line for line in printed.splitlines())

@@ -1,4 +1,4 @@
-"""The training callback's verification backends: ONNX Runtime on the folded deploy graph vs MXNet (SPEC §6)."""
+"""The training callback's verification backends: ONNX Runtime on the folded deploy graph vs MXNet."""
 import logging
 import types
 
@@ -10,9 +10,15 @@ from mxnet.gluon import nn
 
 import datasets
 import symbols
-from eval import verification
-from eval.verification import OnnxEmbedder, extract_embeddings, resolve_backend
-from recipes import config, train
+from deploy import onnx_runtime
+from deploy.embedders import compare_embeddings, resolve_backend
+from deploy.onnx_runtime import OnnxEmbedder
+from eval import sets as eval_sets
+from eval.embeddings import extract_embeddings
+from recipes import config
+from recipes.loop import evaluate
+from recipes.setup import build_backbone
+from recipes.verifier import Verifier
 
 
 class ListHandler(logging.Handler):
@@ -50,7 +56,7 @@ def _trained_like(cfg, ctx=(mx.cpu(),), seed=0):
     term of the folding matters and the activations stay of order 1), its scale and shift at random, and the
     PReLU slopes between 0 and 1.2 (some above 1). Returned hybridized, as trained.
     """
-    net = train.build_backbone(cfg)
+    net = build_backbone(cfg)
     symbols.init_model(net, list(ctx))
     rng = np.random.RandomState(seed)
     for name, param in net.collect_params().items():
@@ -125,17 +131,17 @@ def test_onnxruntime_backend_matches_mxnet(monkeypatch, pair_sets, network):
     net = _trained_like(cfg)
     assert _bn_statistics_are_not_defaults(net)
     captured = {}
-    original = verification.extract_embeddings
+    original = eval_sets.extract_embeddings
 
     def recording(model, *args, **kwargs):
         captured[type(model).__name__] = original(model, *args, **kwargs)
         return captured[type(model).__name__]
 
-    monkeypatch.setattr(verification, "extract_embeddings", recording)
+    monkeypatch.setattr(eval_sets, "extract_embeddings", recording)
     results = {}
     for backend in ("onnxruntime", "mxnet"):
         logger, handler = _logger(backend)
-        verifier = train.Verifier(dict(cfg, eval_backend=backend), pair_sets, mx.cpu(), logger=logger)
+        verifier = Verifier(dict(cfg, eval_backend=backend), pair_sets, mx.cpu(), logger=logger)
         results[backend] = verifier(net)["tiny"]
         assert verifier.last["backend"] == backend and handler.lines == []
     assert set(captured) == {"OnnxEmbedder", type(net).__name__}
@@ -165,7 +171,7 @@ def test_backend_setting_resolves_and_rejects_bad_values(monkeypatch):
     assert resolve_backend("mxnet", [mx.cpu()]) == "mxnet"
     with pytest.raises(ValueError, match="must be one of"):
         resolve_backend("ort", [mx.cpu()])
-    monkeypatch.setattr(verification, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(onnx_runtime, "onnxruntime_available", lambda: False)
     assert resolve_backend("auto", [mx.cpu()]) == "mxnet"
     with pytest.raises(ValueError, match="onnxruntime is not installed"):
         resolve_backend("onnxruntime", [mx.cpu()])
@@ -178,9 +184,9 @@ def test_lowering_failure_falls_back_to_mxnet_with_one_warning(monkeypatch, pair
     def cannot_lower(net, layout="cells"):
         raise ValueError("cannot lower block NewBlock\nsecond line")
 
-    monkeypatch.setattr(verification, "network_to_onnx", cannot_lower)
+    monkeypatch.setattr(onnx_runtime, "network_to_onnx", cannot_lower)
     logger, handler = _logger("fallback")
-    verifier = train.Verifier(cfg, pair_sets, mx.cpu(), logger=logger)
+    verifier = Verifier(cfg, pair_sets, mx.cpu(), logger=logger)
     assert verifier.backend == "onnxruntime"
     results = verifier(net)
     assert 0.0 <= results["tiny"]["accuracy"] <= 1.0
@@ -197,10 +203,10 @@ def test_onnx_model_that_differs_from_the_network_is_not_used(monkeypatch, pair_
     cfg = _cfg("seesaw_shuffle", "onnxruntime")
     net = _trained_like(cfg, seed=0)
     other = _trained_like(cfg, seed=1)
-    lower = verification.network_to_onnx
-    monkeypatch.setattr(verification, "network_to_onnx", lambda n, layout="cells": lower(other, layout))
+    lower = onnx_runtime.network_to_onnx
+    monkeypatch.setattr(onnx_runtime, "network_to_onnx", lambda n, layout="cells": lower(other, layout))
     logger, handler = _logger("parity")
-    verifier = train.Verifier(cfg, pair_sets, mx.cpu(), logger=logger)
+    verifier = Verifier(cfg, pair_sets, mx.cpu(), logger=logger)
     assert not isinstance(verifier.embedder(net), OnnxEmbedder)
     assert verifier.backend == "mxnet"
     assert len(handler.lines) == 1 and "differ from the network's" in handler.lines[0]
@@ -211,7 +217,7 @@ def test_parameters_on_several_devices_are_lowered(pair_sets):
     cfg = _cfg("mobilefacenet", "auto")
     net = _trained_like(cfg, ctx=(mx.cpu(0), mx.cpu(1)))
     logger, handler = _logger("devices")
-    verifier = train.Verifier(cfg, pair_sets, mx.cpu(0), logger=logger)
+    verifier = Verifier(cfg, pair_sets, mx.cpu(0), logger=logger)
     embedder = verifier.embedder(net)
     assert isinstance(embedder, OnnxEmbedder) and handler.lines == []
     assert {"lower_seconds", "session_seconds", "check_seconds", "prepare_seconds"} <= set(verifier.last)
@@ -223,7 +229,7 @@ def test_parity_check_runs_again_only_when_the_graph_changes(monkeypatch, pair_s
     cfg = _cfg("seesaw_shuffle", "onnxruntime")
     net = _trained_like(cfg)
     logger, handler = _logger("signature")
-    verifier = train.Verifier(cfg, pair_sets, mx.cpu(), logger=logger)
+    verifier = Verifier(cfg, pair_sets, mx.cpu(), logger=logger)
     verifier.embedder(net)
     assert "check_seconds" in verifier.last and verifier.last["check_difference"] < 1e-5
     first = verifier.checked_graph
@@ -232,9 +238,9 @@ def test_parity_check_runs_again_only_when_the_graph_changes(monkeypatch, pair_s
         param.set_data(mx.nd.array(np.random.RandomState(3).uniform(0.0, 1.5, param.shape)))
     verifier.embedder(net)
     assert "check_seconds" not in verifier.last and verifier.checked_graph == first
-    lower = verification.network_to_onnx
+    lower = onnx_runtime.network_to_onnx
     for layout in ("slice", "dense"):
-        monkeypatch.setattr(verification, "network_to_onnx", lambda n, _layout="cells", chosen=layout: lower(n, chosen))
+        monkeypatch.setattr(onnx_runtime, "network_to_onnx", lambda n, _layout="cells", chosen=layout: lower(n, chosen))
         embedder = verifier.embedder(net)
         assert isinstance(embedder, OnnxEmbedder) and "check_seconds" in verifier.last
         assert verifier.checked_graph != first and verifier.last["check_difference"] < 1e-5
@@ -244,10 +250,12 @@ def test_parity_check_runs_again_only_when_the_graph_changes(monkeypatch, pair_s
 
 def test_parity_difference_is_relative():
     reference = np.array([[1e-8, -2e-8]])
-    assert verification.parity_difference(reference, reference * (1 + 1e-6)) < 1e-5
-    assert verification.parity_difference(reference, reference + 1e-8) == pytest.approx(0.5)
-    assert verification.parity_difference(reference, reference[:, :1]) == float("inf")
-    assert verification.parity_difference(reference, reference * np.nan) == float("inf")
+    relative = lambda candidate: compare_embeddings(reference, candidate)["relative_diff"]  # noqa: E731
+    assert relative(reference * (1 + 1e-6)) < 1e-5
+    assert relative(reference + 1e-8) == pytest.approx(0.5)
+    assert relative(reference * np.nan) == float("inf")
+    with pytest.raises(ValueError, match="shape"):
+        relative(reference[:, :1])
 
 
 def test_evaluate_logs_the_backend_and_time(pair_sets):
@@ -255,8 +263,8 @@ def test_evaluate_logs_the_backend_and_time(pair_sets):
     net = _trained_like(cfg)
     logger, handler = _logger("evaluate")
     state = types.SimpleNamespace(is_main=True, backbone=net, step=3, iters_per_epoch=3, log=logger.info,
-                                  verifier=train.Verifier(cfg, pair_sets, mx.cpu(), logger=logger))
-    metrics = train.evaluate(state)
+                                  verifier=Verifier(cfg, pair_sets, mx.cpu(), logger=logger))
+    metrics = evaluate(state)
     assert set(metrics["sets"]) == {"tiny"}
     assert "onnxruntime" in handler.lines[-1] and handler.lines[-1].startswith("verification mean accuracy")
 

@@ -1,4 +1,4 @@
-"""SPEC §6 metrics on constructed embeddings whose right answers are known by hand."""
+"""Verification metrics on constructed embeddings whose right answers are known by hand."""
 import numpy as np
 import pytest
 from scipy import interpolate

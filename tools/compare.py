@@ -8,21 +8,22 @@ Images that are not aligned 112×112 crops need their 5 landmarks (``--landmarks
 numbers ``x1,y1,...,x5,y5``: eyes, nose, mouth corners). The threshold is a cosine similarity
 (``--threshold``) or is taken from a verification run (``--threshold-from``, the JSON written by
 ``eval/verification.py --out``): the mean of the per-fold thresholds on squared distance ``d`` between
-normalised embeddings, converted with ``cos = 1 - d / 2`` (SPEC §6).
+normalised embeddings, converted with ``cos = 1 - d / 2``.
 """
 import argparse
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools._cli import use_all_cores  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from deploy.process import run_cli, use_all_cores  # noqa: E402
 
 use_all_cores()
 
 import numpy as np  # noqa: E402
 
 from datasets.align import parse_landmarks, prepare_face  # noqa: E402
+from tools.embed import embed_faces, load_embedder  # noqa: E402
 
 
 def threshold_from_results(path, set_name=None):
@@ -49,8 +50,6 @@ def threshold_from_results(path, set_name=None):
 
 def compare_faces(net, path1, path2, landmarks1=None, landmarks2=None, threshold=None):
     """``{'similarity': float, 'same': bool or None, 'threshold': float or None}`` for two image files."""
-    from tools.embed import embed_faces
-
     faces = np.stack([prepare_face(path1, landmarks1), prepare_face(path2, landmarks2)])
     emb = embed_faces(net, faces, batch_size=2)
     similarity = float(np.clip(np.dot(emb[0], emb[1]), -1.0, 1.0))
@@ -82,8 +81,6 @@ def main(argv=None):
     lm2 = parse_landmarks(args.landmarks2) if args.landmarks2 else None
     for path in (args.image1, args.image2):  # fail on a bad image before loading the model
         prepare_face(path, lm1 if path == args.image1 else lm2)
-    from tools.embed import load_embedder
-
     result = compare_faces(load_embedder(args.model), args.image1, args.image2, lm1, lm2, threshold)
     print(f"similarity {result['similarity']:.4f}")
     if result["same"] is None:
@@ -94,6 +91,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
-
     run_cli(main)

@@ -180,6 +180,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
+    from deploy.process import run_cli
 
     run_cli(main)

@@ -3,12 +3,12 @@
     python tools/embed.py --model export/seesaw_shuffle/model.onnx faces/ --output faces.npy
     python tools/embed.py --model output/model,15 a.jpg b.jpg --landmarks landmarks.txt --output ab.npy
 
-``--model``: ``PREFIX,EPOCH``, an exported model directory or an ``.onnx`` file (``eval.verification.
-load_model``). Images that are aligned 112×112 crops are used as they are; any other image needs its five
+``--model``: ``PREFIX,EPOCH``, a model folder or an ``.onnx`` file. Images that are aligned 112×112 crops are used as they are; any other image needs its five
 landmarks (left eye, right eye, nose, left and right mouth corner, pixel x y) in ``--landmarks``: a text
 file with lines ``<image path or file name> x1 y1 x2 y2 x3 y3 x4 y4 x5 y5`` (commas allowed) or a JSON
 object ``{name: [10 numbers]}``; the face is then aligned to the ArcFace template (``datasets.align``).
-Each embedding is that of the image plus its horizontal flip (SPEC §6), L2-normalised unless ``--raw``.
+Each embedding is that of the image plus its horizontal flip (as verification does), L2-normalised unless
+``--raw``.
 Writes ``OUTPUT`` (float32 (N, D)) and ``OUTPUT`` with ``.txt`` (one image path per line, same order).
 """
 import argparse
@@ -16,14 +16,17 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools._cli import use_all_cores  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from deploy.process import run_cli, use_all_cores  # noqa: E402
 
 use_all_cores()
 
 import numpy as np  # noqa: E402
 
 from datasets.align import parse_landmarks, prepare_face  # noqa: E402
+from deploy.checkpoint import load_model  # noqa: E402
+from deploy.mxnet_runtime import prepare_for_inference  # noqa: E402
+from eval.embeddings import extract_embeddings  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -84,8 +87,6 @@ def load_faces(paths, landmarks=None):
 
 def embed_faces(net, faces, batch_size=32, flip=True, normalize=True):
     """Embeddings (N, D) float32 of uint8 face crops (N, 112, 112, 3) with a loaded model."""
-    from eval.verification import extract_embeddings
-
     emb = extract_embeddings(net, faces, batch_size=min(batch_size, len(faces)), flip=flip)
     if normalize:
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -93,9 +94,7 @@ def embed_faces(net, faces, batch_size=32, flip=True, normalize=True):
 
 
 def load_embedder(spec):
-    """Model for :func:`embed_faces` from ``PREFIX,EPOCH``, an exported directory or an .onnx file."""
-    from eval.verification import load_model, prepare_for_inference
-
+    """Model for :func:`embed_faces` from ``PREFIX,EPOCH``, a model folder or an .onnx file."""
     return prepare_for_inference(load_model(spec))
 
 
@@ -132,6 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
-
     run_cli(main)

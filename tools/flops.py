@@ -1,4 +1,4 @@
-"""Parameters and multiply-adds of every network, counted from the graph as SPEC §2 says.
+"""Parameters and multiply-adds of every network, counted from the graph as docs/architecture.md says.
 
     python tools/flops.py                         # every registered network, next to the paper's figures
     python tools/flops.py --network seesaw_shuffle --layers
@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 import symbols  # noqa: E402
 
-# (params in millions, MAdds in millions) as SPEC §2 lists them; None where there is no figure to hold to.
+# (params in millions, MAdds in millions) as the paper and the authors' code give them (docs/architecture.md); None where there is no figure to hold to.
 PAPER = {
     "mobilefacenet": (1.19, 221),
     "seesaw_shuffle": (1.37, 146),
@@ -55,7 +55,7 @@ def count_symbol(sym, input_shape=INPUT_SHAPE, data_name="data"):
     layers, total = [], 0
     batch = input_shape[0]
     for node in nodes:
-        op, name, attrs = node["op"], node["name"], node.get("attrs", {})
+        op, name = node["op"], node["name"]
         if op not in ("Convolution", "FullyConnected"):
             continue
         out_shape = shape_of.get(f"{name}_output")
@@ -144,6 +144,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
+    from deploy.process import run_cli
 
     run_cli(main)

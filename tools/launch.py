@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools._cli import run_cli  # noqa: E402
+from deploy.process import run_cli  # noqa: E402
 
 SERVER_CODE = "import mxnet"
 LAUNCH_ID_ENV = "SEESAW_LAUNCH_ID"

@@ -1,4 +1,4 @@
-"""Build a verification ``.bin`` (SPEC §5) from a pairs list.
+"""Build a verification ``.bin`` (docs/formats.md) from a pairs list.
 
 Pairs list formats (auto-detected per line):
   ``path1 path2 1|0``                         (1 = same person; paths relative to ``--root``)
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tqdm import tqdm  # noqa: E402
 
 from datasets import DataError, write_bin  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from deploy.process import run_cli  # noqa: E402
 from tools.pack_rec import encode_one  # noqa: E402
 
 

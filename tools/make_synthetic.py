@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import synthetic  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from deploy.process import run_cli  # noqa: E402
 
 
 def main(argv=None):

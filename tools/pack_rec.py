@@ -1,4 +1,4 @@
-"""Pack aligned face images into train.rec/train.idx (MS1MV2 layout, SPEC §5) plus ``property``.
+"""Pack aligned face images into train.rec/train.idx (MS1MV2 layout, docs/formats.md) plus ``property``.
 
 Input is either a folder with one subfolder per identity, or an im2rec-style list file
 (``index<TAB>label<TAB>relative/path`` per line, paths relative to ``--root``). Images that are already
@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from datasets import DataError, MS1MV2Writer  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from deploy.process import run_cli  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SIZE = 112

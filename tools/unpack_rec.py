@@ -1,4 +1,4 @@
-"""Unpack training records (either layout of SPEC §5) into image folders, to look at the data.
+"""Unpack training records (either layout of docs/formats.md) into image folders, to look at the data.
 
 Writes ``out_dir/<label>/<key>.jpg`` (the stored bytes, unchanged). A ``.bin`` verification set is unpacked
 into ``out_dir/pairs/<i>_{a,b}_{same,diff}.jpg``.
@@ -17,7 +17,7 @@ from tqdm import tqdm  # noqa: E402
 
 from datasets import FaceRecordDataset, load_bin  # noqa: E402
 from datasets.recordio import unpack_header  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from deploy.process import run_cli  # noqa: E402
 
 
 def unpack_records(rec_path, out_dir, identities=None, limit=None, idx_path=None):

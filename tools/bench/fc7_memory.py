@@ -1,7 +1,7 @@
 """fc7 memory per device vs number of devices and sample rate (recipes/partial_fc.py), figure and table.
 
-    python tools/bench_fc7_memory.py --out-dir runs/fc7_memory              # MS1MV2 size, measured + model
-    python tools/bench_fc7_memory.py --num-classes 360232 --no-measure      # Glint360K, model only
+    python tools/bench/fc7_memory.py --out-dir runs/fc7_memory              # MS1MV2 size, measured + model
+    python tools/bench/fc7_memory.py --num-classes 360232 --no-measure      # Glint360K, model only
 
 Per device, fp32, per-device batch B (global batch B·k on k devices), shard size n = ceil(C/k), sampled
 rows s = ceil(r·n):
@@ -26,9 +26,9 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 
-from tools._cli import run_cli  # noqa: E402
+from deploy.process import run_cli  # noqa: E402
 
 DATASETS = {"MS1MV2": 85742, "Glint360K": 360232, "WebFace42M": 2059906}
 MB = 1024.0 * 1024.0

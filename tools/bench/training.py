@@ -1,10 +1,10 @@
 """Training throughput benchmark: samples/s and peak memory of the recipe's training step on CPU.
 
-    python tools/bench_train.py                                   # mobilefacenet, seesaw_shuffle, seesaw_share
-    python tools/bench_train.py --networks seesaw_shuffle --batch-size 64 --steps 8 --hybridize alloc,plain
+    python tools/bench/training.py                                   # mobilefacenet, seesaw_shuffle, seesaw_share
+    python tools/bench/training.py --networks seesaw_shuffle --batch-size 64 --steps 8 --hybridize alloc,plain
 
 Each (network, mode) runs in a fresh process (so peak memory is its own): the recipe's backbone, ArcFace head
-(``--classes`` identities), SGD trainer and :func:`recipes.train.train_step` on random batches. Reports
+(``--classes`` identities), SGD trainer and :func:`recipes.loop.train_step` on random batches. Reports
 wall-clock samples/s, samples per CPU-second (robust when other processes share the cores) and peak resident
 memory (``VmHWM``). Reference figures at batch 64 on a 2-core CPU machine: the authors' PyTorch
 implementation ~50 img/s and 3.8 GB peak; a naive MXNet port 32–38 img/s and 8–9 GB.
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 
 DEFAULT_NETWORKS = ("mobilefacenet", "seesaw_shuffle", "seesaw_share")
 
@@ -40,16 +40,17 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, 
     (``--malloc-tuning``; one untimed step is run for it even with ``warmup`` 0)."""
     import resource
 
-    from tools._cli import tune_malloc
-
     import mxnet as mx
     import numpy as np
 
     import symbols
-    from recipes import config
+    from deploy.process import tune_malloc
+    from recipes import config, fused as fused_ops
+    from recipes.distributed import choose_engine
     from recipes.heads import build_head
+    from recipes.loop import TrainState, train_step
     from recipes.optim import build_trainer
-    from recipes.train import TrainState, build_backbone, choose_engine, hybridize_backbone, train_step
+    from recipes.setup import build_backbone, hybridize_backbone
 
     options = {"network": network, "data_dir": "unused", "batch_size": batch_size}
     if hybridize != "auto":
@@ -62,13 +63,12 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, 
     backbone = build_backbone(cfg)
     symbols.init_model(backbone, ctx)
     if fused:
-        symbols.fused.enable(backbone)
+        fused_ops.enable(backbone)
     head = build_head(cfg, classes, cfg["emb_size"])
     head.initialize(ctx=ctx)
     hybridize_backbone(backbone, hybridize)
     trainer = build_trainer(backbone, head, cfg, iters_per_epoch=1000)
     state = TrainState(cfg, ctx, backbone, head, trainer, 1000, classes)
-    state.amp = False
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     rng = np.random.RandomState(0)
     data = mx.nd.array(rng.uniform(-1, 1, (batch_size, 3, 112, 112)).astype(np.float32))
@@ -94,7 +94,7 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, 
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python tools/bench_train.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/bench/training.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", default=",".join(DEFAULT_NETWORKS), help="comma-separated network names")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (one CPU device)")
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
@@ -102,7 +102,7 @@ def build_parser():
     parser.add_argument("--hybridize", default="auto",
                         help="comma-separated modes: auto (the recipe's default for the network), none, plain, "
                              "alloc, static")
-    parser.add_argument("--fused", default="on", help="comma-separated: on (symbols.fused operators), off")
+    parser.add_argument("--fused", default="on", help="comma-separated: on (recipes/fused operators), off")
     parser.add_argument("--engine", default="auto",
                         help="comma-separated: auto (as train.py: NaiveEngine on one CPU device), threaded")
     parser.add_argument("--malloc", default="tuned",
@@ -174,5 +174,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
+    from deploy.process import run_cli
+
     run_cli(main)

@@ -1,14 +1,14 @@
 """Inference speed of the networks in every way of running them, as ratios to MobileFaceNet in the same run.
 
-    python tools/benchmark.py                                   # defaults below, about 3-5 minutes on 2 cores
-    python tools/benchmark.py --networks mobilefacenet,seesaw_shuffle --modes fused,onnxruntime --json b.json
-    python tools/benchmark.py --model-dir seesaw_shuffle=export/ss/model   # weights of a checkpoint
-    python tools/benchmark.py --networks seesaw_shuffle,seesaw_shuffle:no_se,seesaw_shuffle:relu --modes onnxruntime
+    python tools/bench/inference.py                                   # defaults below, about 3-5 minutes on 2 cores
+    python tools/bench/inference.py --networks mobilefacenet,seesaw_shuffle --modes fused,onnxruntime --json b.json
+    python tools/bench/inference.py --model-dir seesaw_shuffle=export/ss/model   # weights of a checkpoint
+    python tools/bench/inference.py --networks seesaw_shuffle,seesaw_shuffle:no_se,seesaw_shuffle:relu --modes onnxruntime
                                      # what the SE blocks and swish cost (rows that are not the network)
 
 Modes: ``imperative`` (Gluon, not hybridized), ``hybrid`` (hybridized, static memory), ``fused``
 (hybridized with the oneDNN backend: conv+BN+activation fusion), ``deploy`` (the folded inference graph of
-:mod:`symbols.deploy` run by MXNet with oneDNN), ``int8`` (oneDNN INT8 quantization, calibrated on random
+:mod:`deploy.lower` run by MXNet with oneDNN), ``int8`` (oneDNN INT8 quantization, calibrated on random
 inputs — speed only), ``onnxruntime`` (the folded graph exported to ONNX, run by ONNX Runtime on the CPU).
 
 For every network × mode: parameters and MAdds (``tools.flops``; for the folded graphs the MAdds the graph
@@ -20,7 +20,7 @@ every network are built first, then timed round-robin — one call of each per r
 machine's load affects every network alike (and memory holds one mode's graphs). The machine's matrix-multiply
 GFLOP/s (the best of ``mx.nd.dot``, ``numpy.dot`` and ONNX Runtime's MatMul on 2048² matrices) is measured
 in the same run, before and after; the best is the denominator of the "% matmul" column. From the command
-line, the ONNX Runtime sessions share one thread pool (``eval.verification.share_onnx_threads``): with a pool
+line, the ONNX Runtime sessions share one thread pool (``deploy.onnx_runtime.share_onnx_threads``): with a pool
 per session, the threads of the session timed last spin on the cores while the next one runs.
 Prints a table, writes JSON (``--json``).
 """
@@ -28,13 +28,10 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
-import threading
 import time
-import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 
 if __name__ == "__main__" and "--threads" in sys.argv[:-1]:  # OpenMP reads this when MXNet loads
     os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
@@ -43,95 +40,19 @@ import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 import symbols  # noqa: E402
-from symbols.deploy import LAYOUTS, build_deploy_graph  # noqa: E402
-
-MODES = ("imperative", "hybrid", "fused", "deploy", "int8", "onnxruntime")
-GRAPH_MODES = ("deploy", "onnxruntime")  # the modes that run the folded graph of symbols.deploy
+from deploy.checkpoint import load_source  # noqa: E402
+from deploy.int8 import int8_block, quantize_int8  # noqa: E402
+from deploy.lower import LAYOUTS  # noqa: E402
+from deploy.onnx_runtime import onnx_session_options, share_onnx_threads  # noqa: E402
+from deploy.runners import GRAPH_MODES, MODES, make_runner  # noqa: E402
+from tools.bench.common import PeakMemory, machine_info, matmul_gflops, timed  # noqa: E402
+from tools.flops import count_symbol  # noqa: E402
 DEFAULT_NETWORKS = "mobilefacenet,seesaw_shuffle,seesaw_share"
 DEFAULT_MODES = "hybrid,fused,deploy,int8,onnxruntime"
 BASELINE = "mobilefacenet"
 
 
 # ---------------------------------------------------------------------------------------------- machine
-def rss_bytes():
-    """Resident memory of this process (bytes)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Context manager sampling the process RSS every millisecond; ``.peak_growth`` = max − start (bytes)."""
-
-    def __enter__(self):
-        self.start = rss_bytes()
-        self.peak = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-        self.peak_growth = self.peak - self.start
-
-
-def matmul_gflops(size=2048, repeats=5, threads=None):
-    """Measured single-precision matrix-multiply GFLOP/s of this machine, best of ``repeats`` products of two
-    ``size``×``size`` matrices, by three libraries: ``mx.nd.dot`` (MXNet's BLAS), ``numpy.dot`` and ONNX
-    Runtime's MatMul (MLAS, the best-tuned GEMM here). ``best`` is the largest."""
-    from onnx import TensorProto, helper
-
-    from tools import export
-
-    flops = 2.0 * size ** 3
-    a = mx.nd.random.uniform(shape=(size, size))
-    b = mx.nd.random.uniform(shape=(size, size))
-    mx.nd.dot(a, b).wait_to_read()
-    result = {"mxnet_dot": flops / min(_timed(lambda: mx.nd.dot(a, b).wait_to_read()) for _ in range(repeats)) / 1e9}
-    an, bn = a.asnumpy(), b.asnumpy()
-    np.dot(an, bn)
-    result["numpy_dot"] = flops / min(_timed(lambda: np.dot(an, bn)) for _ in range(repeats)) / 1e9
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ab"],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    session = export.onnx_session(model, threads=threads)
-    session.run(None, {"a": an, "b": bn})
-    result["onnxruntime_matmul"] = flops / min(_timed(lambda: session.run(None, {"a": an, "b": bn}))
-                                               for _ in range(repeats)) / 1e9
-    result["best"] = max(result.values())
-    return result
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def machine_info():
-    """CPU model, core count, load average and library versions."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import onnxruntime
-
-    return {"cpu": model, "cores": os.cpu_count(), "load_average": list(os.getloadavg()),
-            "mxnet": mx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
 # ---------------------------------------------------------------------------------------------- runners
 def parse_network(spec):
     """``name[:option...]`` → ``(name, constructor kwargs, folded-graph kwargs)``.
@@ -157,8 +78,6 @@ def build_network(name, model_dir=None):
     BatchNorm statistics that keep activations in range (speed does not depend on the values). ``name`` may
     carry options (:func:`parse_network`); the folded-graph ones are for :func:`make_runner`."""
     if model_dir:
-        from tools.export import load_source
-
         net, _ = load_source(model_dir)
         return net
     name, kwargs, _ = parse_network(name)
@@ -166,47 +85,6 @@ def build_network(name, model_dir=None):
     symbols.init_model(net)
     net(mx.nd.zeros((1, 3, 112, 112)))
     return net
-
-
-def layout_for(net, batch_size, layout="auto"):
-    """Folded-graph layout for a batch size: ``auto`` takes the variant's latency layout at batch 1 and the
-    exact-MAdds ``cells`` layout for larger batches (measured fastest on 2 cores; all layouts are exact)."""
-    from tools import export
-
-    if layout != "auto":
-        return layout
-    return export.default_layout(net) if batch_size == 1 else "cells"
-
-
-def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None, se=True):
-    """A callable running ``net`` in ``mode`` on one batch of ``batch_size`` and waiting for the result.
-
-    Returns ``(runner, madds, layout)``: ``madds`` is the per-image MAdds the mode executes (None: as the
-    source network), ``layout`` the folded-graph layout used (None for the other modes). ``se=False``: the
-    folded graph without SE blocks (``deploy`` and ``onnxruntime`` only)."""
-    from tools import export
-
-    if not se and mode not in GRAPH_MODES:
-        raise ValueError(f"no_se exists only for the folded graph (modes {', '.join(GRAPH_MODES)}), not {mode!r}")
-    x = np.random.RandomState(batch_size).normal(0, 0.6, (batch_size, 3, 112, 112)).astype(np.float32)
-    if mode == "imperative":
-        return _mx_call(net, mx.nd.array(x)), None, None
-    if mode in ("hybrid", "fused"):
-        sym, args, aux = export.traced_symbol(net)
-        block = export.symbol_block(sym, args, aux, backend="MKLDNN" if mode == "fused" else None)
-        return _mx_call(block, mx.nd.array(x)), None, None
-    if mode == "int8":
-        qsym, qargs, qaux = _quiet(lambda: export.quantize_int8(net, calib))
-        return _mx_call(export.int8_block(qsym, qargs, qaux), mx.nd.array(x)), None, None
-    if mode in ("deploy", "onnxruntime"):
-        layout = layout_for(net, batch_size, layout)
-        graph = build_deploy_graph(net, layout, se=se)
-        if mode == "deploy":
-            sym, args, aux = graph.to_symbol()
-            return _mx_call(export.symbol_block(sym, args, aux), mx.nd.array(x)), graph.madds(), layout
-        session = export.onnx_session(graph.to_onnx(), threads=threads)
-        return (lambda: session.run(None, {"data": x})), graph.madds(), layout
-    raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
 
 
 def memory_of(name, mode, batch_size, layout="auto", model_dir=None):
@@ -228,11 +106,9 @@ def _memory_child(spec):
     net = build_network(name, model_dir or None)
     calib = np.random.RandomState(0).normal(0, 0.6, (32, 3, 112, 112)).astype(np.float32)
     if mode == "int8":  # calibration (on one image, so it leaves no batch-sized memory pooled) is not counted
-        from tools import export
-
-        quantized = _quiet(lambda: export.quantize_int8(net, calib[:1]))
+        quantized = quantize_int8(net, calib[:1])
         with PeakMemory() as mem:
-            block = export.int8_block(*quantized)
+            block = int8_block(*quantized)
             x = mx.nd.zeros((int(batch_size), 3, 112, 112))
             for _ in range(2):
                 block(x).wait_to_read()
@@ -245,38 +121,14 @@ def _memory_child(spec):
     return 0
 
 
-def _mx_call(block, x):
-    return lambda: block(x).wait_to_read()
-
-
-def _quiet(fn):
-    """Run ``fn`` with the C++ library's stderr log lines (quantization pass chatter) silenced."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return fn()
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
 # ---------------------------------------------------------------------------------------------- benchmark
 def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, model_dirs=None, layout="auto",
                   threads=None, memory=True, progress=True):
     """Build every (network, mode) runner, time them interleaved, return the result dict (see module doc)."""
-    from tools.flops import count_symbol
-
     model_dirs = model_dirs or {}
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     info = machine_info()
     info["threads"] = threads or os.cpu_count()
-    from eval.verification import onnx_session_options
-
     info["onnx_thread_pool"] = "per session" if onnx_session_options().use_per_session_threads else "shared"
     matmul_before = matmul_gflops(threads=threads)
     say("matrix multiply GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in matmul_before.items()))
@@ -310,10 +162,10 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
             group.append(entry)
         for _ in range(runs1):
             for e in group:
-                e["t1"].append(_timed(e["runners"][1]))
+                e["t1"].append(timed(e["runners"][1]))
         for _ in range(runs32):
             for e in group:
-                e["tb"].append(_timed(e["runners"][batch]))
+                e["tb"].append(timed(e["runners"][batch]))
         for e in group:
             del e["runners"]
             say(f"  {e['network']:20s} {mode:12s} batch 1 {1e3 * np.median(e['t1']):7.2f} ms, "
@@ -441,8 +293,6 @@ def main(argv=None):
             raise ValueError(f"--model-dir {item!r}: expected NAME=PREFIX,EPOCH or NAME=DIRECTORY")
         key, value = item.split("=", 1)
         model_dirs[key] = value
-    from eval.verification import share_onnx_threads
-
     share_onnx_threads(args.threads or None)
     result = run_benchmark(networks, modes, args.runs, args.runs_batch, args.batch, model_dirs=model_dirs,
                            layout=args.layout, threads=args.threads or None, memory=not args.no_memory)
@@ -456,6 +306,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
+    from deploy.process import run_cli
 
     run_cli(main)

@@ -1,4 +1,8 @@
-"""Shared command-line plumbing: turn user-facing errors into one readable line and a non-zero exit."""
+"""How a command runs in this process: CPU threads, glibc's malloc for CPU training, and errors as one line.
+
+Commands call :func:`use_all_cores` before ``import mxnet`` and hand their ``main`` to :func:`run_cli`;
+importing this module changes nothing.
+"""
 import os
 import sys
 
@@ -27,14 +31,14 @@ def run_cli(main, argv=None):
 
 
 def use_all_cores():
-    """Let MXNet's CPU kernels and engine use every core (call before ``import mxnet``).
+    """Let MXNet's CPU kernels and engine use every core (call before ``import mxnet``; values already set win).
 
-    Without ``OMP_NUM_THREADS`` and ``MXNET_CPU_WORKER_NTHREADS`` MXNet 1.9.1 keeps one core busy (measured:
-    seesaw_shuffle inference 16.9 → 25.7 img/s, training 10 → 17 img/s on 2 cores). Values already set win.
+    Without ``OMP_NUM_THREADS`` and ``MXNET_CPU_WORKER_NTHREADS`` MXNet 1.9.1 computes on one core.
     """
     cores = str(os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", cores)
     os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", cores)
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
 
 # glibc mallopt parameters (malloc.h)
@@ -45,19 +49,11 @@ MALLOC_SETTINGS = {"mmap_max": 0, "trim_threshold": 2 ** 31 - 1}
 def tune_malloc():
     """Keep large buffers in glibc's heap for the rest of the process (CPU training, after its first step).
 
-    MXNet 1.9.1 mallocs a fresh plain-layout copy of oneDNN's blocked tensors for every operator call that
-    is not a oneDNN one, forward and backward; glibc serves each copy above its mmap threshold by a fresh
-    ``mmap`` and unmaps it at ``free``, so every page of it faults again on the next call (150–180k minor
-    faults per seesaw_shuffle step at batch 64). ``mallopt``: no ``mmap`` for allocations (``M_MMAP_MAX``
-    0) and no trimming of the heap below 2 GB of free top (``M_TRIM_THRESHOLD``); freed copies are then
-    reused in place. Measured (seesaw_shuffle, batch 64, 2 cores, separate processes alternating, tuned
-    after the first step): system time per step 0.24–0.32 → 0.00 s, minor faults per step 150–180k → ~2k,
-    samples/s 51.9 / 54.5 / 47.5 / 52.7 → 59.2 / 59.1 / 57.1 / 55.3, peak memory +0.05–0.1 GB; training
-    bit-identical (parameters after six steps, every network family).
-
-    Returns the settings applied, or ``None`` where glibc's ``mallopt`` is not available (other C libraries,
-    other systems). One-device CPU training runs its operators in the main thread (``NaiveEngine``), whose
-    heap has no size limit; in other threads an allocation larger than an arena heap (64 MB) is still mapped.
+    MXNet 1.9.1 mallocs a fresh plain-layout copy of oneDNN's blocked tensors for every call of a non-oneDNN
+    operator; glibc maps each large copy afresh and unmaps it at ``free``, so its pages fault again on every
+    call. With no ``mmap`` for allocations and no heap trimming, freed copies are reused in place
+    (docs/performance.md has the measurements). Returns the settings applied, or None where glibc's
+    ``mallopt`` is not available.
     """
     import ctypes
     import platform

@@ -1,30 +1,10 @@
-"""Fused CPU training operators (``symbols/csrc/seesaw_ops.cc``), compiled on first use and switched on per network.
+"""Build and load the fused CPU training operators (``seesaw_ops.cc``) into MXNet.
 
-MXNet 1.9.1 on CPU spends most of a Seesaw/MobileFaceNet training step outside the convolutions: swish as
-``sigmoid`` + ``mul`` (five passes over the feature map with its backward), the SE gate's global average pooling
-and ``broadcast_mul`` (whose backward passes are slow generic kernels), ``LeakyReLU(prelu)`` (its backward alone was 75% of a
-MobileFaceNet step), the concat + reshape/``SwapAxis``/reshape of the channel shuffle, and the uneven channel
-splits (``slice_axis`` pairs; ``split_v2`` is slower still), and BatchNorm followed by swish (whose BatchNorm output
-is kept for the swish backward). The library replaces each with one forward and one backward pass
-(``seesaw_swish``, ``seesaw_spatial_mean``, ``seesaw_scale``, ``seesaw_prelu``, ``seesaw_concat_shuffle``,
-``seesaw_split``, ``seesaw_bn_swish``) computing the same values, BatchNorm running statistics included (tests/test_fused.py
-compares outputs, gradients and statistics). A library operator keeps all its inputs and outputs until its backward
-has run (``lib_api`` hands them all to the backward), so a Seesaw block also fuses along its data flow
-(``seesaw_bn_swish_concat``: both expansions' BatchNorm + swish into the shuffled map; ``seesaw_scale_split``: the SE
-scale into the two projection inputs) and a shuffle block passes its output on as the next block's two pieces.
-
-Usage (``recipes/train.py`` does this for CPU training)::
-
-    if symbols.fused.available():
-        symbols.fused.enable(net)      # before net.hybridize()
-
-Networks are built with standard operators; :func:`enable` marks one network's blocks. Graphs traced inside
-:func:`standard_ops` (checkpoint export, deploy lowering) always use standard operators, so a saved
-``-symbol.json`` never needs this library. The library is compiled with the machine's C++ compiler (g++ with
-OpenMP) into ``$SEESAWFACE_CACHE/ops`` (default ``.cache/ops`` in the repository), keyed by the source, MXNet's
-version and the CPU; when that fails the networks keep the standard operators and :func:`available` says why.
+The library is compiled with the machine's C++ compiler (g++ with OpenMP) into ``$SEESAWFACE_CACHE/ops``
+(default ``.cache/ops`` in the repository), keyed by the source, MXNet's version, the compiler flags and the
+CPU, and loaded with ``mx.library.load``. When that fails the networks keep the standard operators and
+:func:`available` says why.
 """
-import contextlib
 import hashlib
 import os
 import platform
@@ -34,14 +14,13 @@ import tempfile
 import threading
 import warnings
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "seesaw_ops.cc")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seesaw_ops.cc")
 OPS = ("seesaw_swish", "seesaw_prelu", "seesaw_scale", "seesaw_concat_shuffle", "seesaw_split", "seesaw_scale_split",
        "seesaw_bn_swish", "seesaw_bn_swish_concat", "seesaw_spatial_mean")
 FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", "-ffast-math"]
 
 _lock = threading.Lock()
 _state = {"loaded": None, "reason": None}
-_local = threading.local()
 
 
 def cache_dir():
@@ -144,59 +123,3 @@ def available():
 def unavailable_reason():
     """Why :func:`available` is False (None when it is True or was not asked yet)."""
     return _state["reason"]
-
-
-def active(block):
-    """Whether ``block`` should emit fused operators in the graph being traced now."""
-    return getattr(block, "_fused_ops", False) and not getattr(_local, "standard", False)
-
-
-def is_train_flag(F):
-    """A (1,) float input for operators that must know MXNet's mode: exactly 1 in inference, 0 or 2 in training.
-
-    lib_api operators are not told whether the graph runs in training mode (``fcomp_t`` sees attributes, tensors
-    and resources only), Dropout is: ``Dropout(ones(1), p=0.5)``. Symbolic traces share one such node (it has no
-    inputs, so any graph may hold it), so a cached graph computes it once per forward; imperative calls make
-    their own.
-    """
-    import mxnet as mx
-    if F is not mx.sym:
-        return F.Dropout(F.ones(shape=(1,)), p=0.5)
-    with _lock:
-        if _state.get("is_train") is None:
-            _state["is_train"] = mx.sym.Dropout(mx.sym.ones(shape=(1,), name="seesaw_is_train_one"), p=0.5,
-                                                name="seesaw_is_train")
-        return _state["is_train"]
-
-
-@contextlib.contextmanager
-def standard_ops():
-    """Within this context every network traces with standard MXNet operators (for exported graphs)."""
-    previous = getattr(_local, "standard", False)
-    _local.standard = True
-    try:
-        yield
-    finally:
-        _local.standard = previous
-
-
-def enable(net, on=True):
-    """Mark ``net``'s blocks to use the fused operators (``on=False`` unmarks); returns how many blocks.
-
-    Call before ``net.hybridize()`` (a cached graph keeps the operators it was traced with). Raises
-    RuntimeError when ``on`` and the library cannot be loaded.
-    """
-    if on and not load():
-        raise RuntimeError(f"fused operators unavailable: {unavailable_reason()}")
-    count = 0
-
-    def visit(block):
-        nonlocal count
-        if getattr(block, "supports_fused_ops", False):
-            block._fused_ops = bool(on)
-            count += 1
-        for child in block._children.values():
-            visit(child)
-
-    visit(net)
-    return count

@@ -1,6 +1,6 @@
 """Benchmark the training loader: images/s decoded + augmented + normalised at 112x112.
 
-    python tools/bench_loader.py [--rec train.rec] [--workers 0,1,2] [--batch-size 128] [--batches 40]
+    python tools/bench/loader.py [--rec train.rec] [--workers 0,1,2] [--batch-size 128] [--batches 40]
 
 Without ``--rec`` it uses the default synthetic dataset (generated once into ``.cache/synthetic``).
 Prints one line per worker count; the first batches (worker start-up) are not timed.
@@ -10,10 +10,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 
 from datasets import build_train_loader, synthetic  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from deploy.process import run_cli  # noqa: E402
 
 
 def bench(rec_path, num_workers, batch_size=128, batches=40, warmup=3, color_jitter=0.0):

@@ -1,6 +1,6 @@
-"""Embedding-extraction speed: images/s of eval.verification.extract_embeddings per network and mode.
+"""Embedding-extraction speed: images/s of eval.embeddings.extract_embeddings per network and mode.
 
-    python tools/bench_embed.py --network seesaw_shuffle,mobilefacenet --batch-size 64
+    python tools/bench/embedding.py --network seesaw_shuffle,mobilefacenet --batch-size 64
 
 Modes: ``imperative`` (no hybridize), ``plain`` (hybridized, static_alloc/static_shape), ``fused``
 (plain + oneDNN operator fusion, backend='MKLDNN'; CPU only). Images/s counts each image once with its
@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools._cli import use_all_cores  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
+from deploy.process import use_all_cores  # noqa: E402
 
 use_all_cores()
 
@@ -46,7 +46,9 @@ def benchmark(name, modes, batch_size=64, num_images=256, repeat=3, emb_size=512
     import mxnet as mx
 
     import symbols
-    from eval.verification import as_ctx_list, extract_embeddings, prepare_for_inference
+    from deploy.devices import as_ctx_list
+    from deploy.mxnet_runtime import prepare_for_inference
+    from eval.embeddings import extract_embeddings
 
     ctxs = as_ctx_list(ctx)
     images = np.random.RandomState(0).randint(0, 256, (num_images, 112, 112, 3)).astype(np.uint8)
@@ -82,7 +84,7 @@ def benchmark(name, modes, batch_size=64, num_images=256, repeat=3, emb_size=512
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from eval.verification import parse_gpus
+    from deploy.devices import parse_gpus
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
@@ -114,5 +116,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
+    from deploy.process import run_cli
     run_cli(main)

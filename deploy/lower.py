@@ -1,8 +1,6 @@
-"""Inference graphs for deployment (SPEC §1, §7): BatchNorm folded, channel shuffle absorbed, no transposes.
+"""Lowering a trained network into the folded inference graph (:class:`deploy.graph.DeployGraph`).
 
-A trained network (``symbols.get_model(...)`` with its parameters) is lowered into a small graph of plain
-operators (convolution with bias, sigmoid, multiply, add, PReLU, global pooling, concat, slice) that
-computes the same embedding. Two things are folded away:
+Two things are folded away:
 
 - **BatchNorm** into the preceding convolution (``W·γ/σ``, ``β − μ·γ/σ``); the head's last BatchNorm into
   the fully connected layer before it.
@@ -14,264 +12,22 @@ The graph keeps a tensor of a stage split into *pieces* (groups of channels kept
 chosen so that each of the Seesaw block's uneven 1/4 : 3/4 convolutions reads and writes whole pieces:
 no slice, no concat and no transpose over full-resolution feature maps, and the multiply-adds of the
 uneven split are kept (a dense convolution with zero blocks would cost MobileFaceNet's pointwise MAdds).
-A convolution reading several pieces is a sum of convolutions, which oneDNN fuses (conv + sum post-op).
+A convolution reading several pieces is a sum of convolutions, which oneDNN and ONNX Runtime fuse.
 The ``dense`` layout does the opposite (one tensor, zero blocks in the weights) for batch-1 latency.
-
-``build_deploy_graph(net)`` gives a :class:`DeployGraph`; ``.to_symbol()`` gives an MXNet symbol and
-parameters, ``.to_onnx()`` an ONNX model (opset 13, dynamic batch). ``.madds()`` counts the multiply-adds
-the graph actually performs.
 """
 import numpy as np
+from mxnet.gluon import nn
 
-from .common import ConvBNAct, FaceNet, GDCHead, Swish
-from .mobilefacenet import Bottleneck
-from .seesaw import SeesawBlock
+from symbols.common import FaceNet, GDCHead, Swish
+from symbols.mobilefacenet import Bottleneck
+from symbols.seesaw import SeesawBlock
 
-__all__ = ["DeployGraph", "build_deploy_graph", "fold_batchnorm", "shuffle_permutation", "LAYOUTS"]
+from .graph import DeployGraph
+
+__all__ = ["build_deploy_graph", "fold_batchnorm", "shuffle_permutation", "LAYOUTS"]
 
 # How the expanded channels of a Seesaw block are grouped into tensors (see _seesaw_stream_groups).
 LAYOUTS = ("cells", "expand", "concat", "slice", "dense")
-
-
-class DeployGraph:
-    """A straight-line inference graph: input ``data`` (N, 3, H, W) → one output.
-
-    ``nodes`` is a list of dicts ``{'name', 'op', 'inputs': [names], 'channels', ...attributes}``; weights
-    live in ``params`` (name → float32 array). Build it with :func:`build_deploy_graph`.
-    """
-
-    def __init__(self):
-        self.nodes = []
-        self.params = {}
-        self.output = None
-        self._count = 0
-
-    def _add(self, op, inputs, channels, **attrs):
-        self._count += 1
-        name = f"{op}{self._count}"
-        self.nodes.append(dict(name=name, op=op, inputs=list(inputs), channels=int(channels), **attrs))
-        return name
-
-    def input(self, channels=3):
-        """The graph input ``data``."""
-        self.nodes.append(dict(name="data", op="input", inputs=[], channels=channels))
-        return "data"
-
-    def conv(self, x, weight, bias, stride=1, pad=0, groups=1):
-        """Convolution with bias; ``weight`` (O, I/groups, kh, kw)."""
-        weight = np.ascontiguousarray(weight, dtype=np.float32)
-        name = self._add("conv", [x], weight.shape[0], kernel=weight.shape[2:], stride=stride, pad=pad,
-                         groups=groups)
-        self.params[name + "_weight"] = weight
-        self.params[name + "_bias"] = np.ascontiguousarray(bias, dtype=np.float32)
-        return name
-
-    def swish(self, x, channels):
-        """``x * sigmoid(x)``."""
-        return self._add("mul", [x, self.sigmoid(x, channels)], channels, same_shape=True)
-
-    def sigmoid(self, x, channels):
-        return self._add("sigmoid", [x], channels)
-
-    def mul(self, a, b, channels):
-        """Elementwise product; ``b`` may be (N, C, 1, 1) and is broadcast."""
-        return self._add("mul", [a, b], channels)
-
-    def add(self, a, b, channels):
-        return self._add("add", [a, b], channels)
-
-    def prelu(self, x, alpha):
-        name = self._add("prelu", [x], len(alpha))
-        self.params[name + "_alpha"] = np.asarray(alpha, dtype=np.float32)
-        return name
-
-    def relu(self, x, channels):
-        return self._add("relu", [x], channels)
-
-    def gap(self, x, channels):
-        """Global average pool → (N, C, 1, 1)."""
-        return self._add("gap", [x], channels)
-
-    def maxpool2(self, x, channels):
-        """2×2 max pool, stride 2."""
-        return self._add("maxpool2", [x], channels)
-
-    def concat(self, xs, channels):
-        return self._add("concat", xs, channels)
-
-    def slice(self, x, begin, end):
-        """Channels ``begin:end``."""
-        return self._add("slice", [x], end - begin, begin=begin, end=end)
-
-    def flatten(self, x, channels):
-        return self._add("flatten", [x], channels)
-
-    # ---------------------------------------------------------------- analysis
-    def op_counts(self):
-        """``{op: count}`` over the graph (the input excluded)."""
-        counts = {}
-        for node in self.nodes[1:]:
-            counts[node["op"]] = counts.get(node["op"], 0) + 1
-        return counts
-
-    def madds(self, input_shape=(1, 3, 112, 112)):
-        """Multiply-adds of the convolutions as built (zero weights included), at ``input_shape``."""
-        sizes = {"data": tuple(input_shape[2:])}
-        total = 0
-        for node in self.nodes[1:]:
-            h, w = sizes[node["inputs"][0]]
-            if node["op"] == "conv":
-                kh, kw = node["kernel"]
-                s, p = node["stride"], node["pad"]
-                h, w = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
-                weight = self.params[node["name"] + "_weight"]
-                total += int(np.prod(weight.shape)) * h * w
-            elif node["op"] == "maxpool2":
-                h, w = h // 2, w // 2
-            elif node["op"] == "gap":
-                h, w = 1, 1
-            sizes[node["name"]] = (h, w)
-        return total * input_shape[0]
-
-    # ---------------------------------------------------------------- backends
-    def to_symbol(self):
-        """MXNet symbol with input ``data`` and its ``arg_params`` (NDArray dict; no aux params).
-
-        Returns ``(symbol, arg_params, aux_params)`` like ``mx.model.load_checkpoint``.
-        """
-        import mxnet as mx
-
-        sym = {"data": mx.sym.var("data")}
-        arg_params = {}
-        for node in self.nodes[1:]:
-            name, op = node["name"], node["op"]
-            xs = [sym[i] for i in node["inputs"]]
-            if op == "conv":
-                wname, bname = name + "_weight", name + "_bias"
-                out = mx.sym.Convolution(xs[0], weight=mx.sym.var(wname), bias=mx.sym.var(bname),
-                                         kernel=tuple(node["kernel"]), stride=(node["stride"],) * 2,
-                                         pad=(node["pad"],) * 2, num_filter=node["channels"],
-                                         num_group=node["groups"], no_bias=False, name=name)
-                arg_params[wname] = mx.nd.array(self.params[wname])
-                arg_params[bname] = mx.nd.array(self.params[bname])
-            elif op == "sigmoid":
-                out = mx.sym.Activation(xs[0], act_type="sigmoid", name=name)
-            elif op == "relu":
-                out = mx.sym.Activation(xs[0], act_type="relu", name=name)
-            elif op == "mul" and node.get("same_shape"):
-                out = mx.sym.elemwise_mul(xs[0], xs[1], name=name)
-            elif op == "mul":
-                out = mx.sym.broadcast_mul(xs[0], xs[1], name=name)
-            elif op == "add":
-                out = mx.sym.elemwise_add(xs[0], xs[1], name=name)
-            elif op == "prelu":
-                # ``x + (1 − a)·relu(−x)`` with two 1×1 depthwise convolutions, as in to_onnx: oneDNN fuses the
-                # relu and the add into them and keeps its blocked layout. MXNet's own ``LeakyReLU(prelu)``
-                # runs a generic broadcast kernel in plain layout: MobileFaceNet's folded graph took 22.4 ms at
-                # batch 1 and 37 img/s at batch 32 that way, 5.9 ms and 178 img/s this way.
-                c = len(self.params[name + "_alpha"])
-                for key, value in _prelu_conv_weights(name, self.params[name + "_alpha"]).items():
-                    arg_params[key] = mx.nd.array(value)
-                neg = mx.sym.Convolution(xs[0], weight=mx.sym.var(name + "_neg"), kernel=(1, 1), num_filter=c,
-                                         num_group=c, no_bias=True, name=name + "_negx")
-                neg = mx.sym.Activation(neg, act_type="relu", name=name + "_neg_part")
-                delta = mx.sym.Convolution(neg, weight=mx.sym.var(name + "_rest"), kernel=(1, 1), num_filter=c,
-                                           num_group=c, no_bias=True, name=name + "_delta")
-                out = mx.sym.elemwise_add(delta, xs[0], name=name)
-            elif op == "gap":
-                out = mx.sym.Pooling(xs[0], kernel=(1, 1), global_pool=True, pool_type="avg", name=name)
-            elif op == "maxpool2":
-                out = mx.sym.Pooling(xs[0], kernel=(2, 2), stride=(2, 2), pool_type="max", name=name)
-            elif op == "concat":
-                out = mx.sym.concat(*xs, dim=1, name=name)
-            elif op == "slice":
-                out = mx.sym.slice_axis(xs[0], axis=1, begin=node["begin"], end=node["end"], name=name)
-            elif op == "flatten":
-                out = mx.sym.flatten(xs[0], name=name)
-            else:
-                raise ValueError(f"unknown deploy op {op!r}")
-            sym[name] = out
-        return mx.sym.identity(sym[self.output], name="embedding"), arg_params, {}
-
-    def to_onnx(self, opset=13, dynamic_batch=True, input_size=(112, 112)):
-        """ONNX ModelProto: input ``data`` (N, 3, H, W) float32, output ``embedding`` (N, D); N symbolic
-        when ``dynamic_batch``."""
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-
-        nodes, inits = [], []
-        channels_out = None
-        for node in self.nodes[1:]:
-            name, op, xs = node["name"], node["op"], list(node["inputs"])
-            if op == "conv":
-                kh, kw = node["kernel"]
-                p = node["pad"]
-                for suffix in ("_weight", "_bias"):
-                    inits.append(numpy_helper.from_array(self.params[name + suffix], name + suffix))
-                nodes.append(helper.make_node("Conv", xs + [name + "_weight", name + "_bias"], [name],
-                                              kernel_shape=[kh, kw], strides=[node["stride"]] * 2,
-                                              pads=[p, p, p, p], group=node["groups"], name=name))
-            elif op == "sigmoid":
-                nodes.append(helper.make_node("Sigmoid", xs, [name], name=name))
-            elif op == "relu":
-                nodes.append(helper.make_node("Relu", xs, [name], name=name))
-            elif op == "mul":
-                nodes.append(helper.make_node("Mul", xs, [name], name=name))
-            elif op == "add":
-                nodes.append(helper.make_node("Add", xs, [name], name=name))
-            elif op == "prelu":
-                # ``x + (1 − a)·relu(−x)``, with both products as 1×1 depthwise convolutions: ONNX Runtime keeps
-                # them in its blocked (NCHWc) layout and fuses the relu and the add into them; its PRelu kernel
-                # and a Max both run in plain NCHW behind layout conversions (measured 1.75× slower end to end
-                # for MobileFaceNet at batch 1).
-                c = len(self.params[name + "_alpha"])
-                for key, value in _prelu_conv_weights(name, self.params[name + "_alpha"]).items():
-                    inits.append(numpy_helper.from_array(value, key))
-                nodes.append(helper.make_node("Conv", xs + [name + "_neg"], [name + "_negx"], group=c,
-                                              kernel_shape=[1, 1]))
-                nodes.append(helper.make_node("Relu", [name + "_negx"], [name + "_neg_part"]))
-                nodes.append(helper.make_node("Conv", [name + "_neg_part", name + "_rest"], [name + "_delta"],
-                                              group=c, kernel_shape=[1, 1]))
-                nodes.append(helper.make_node("Add", [xs[0], name + "_delta"], [name], name=name))
-            elif op == "gap":
-                nodes.append(helper.make_node("GlobalAveragePool", xs, [name], name=name))
-            elif op == "maxpool2":
-                nodes.append(helper.make_node("MaxPool", xs, [name], kernel_shape=[2, 2], strides=[2, 2],
-                                              name=name))
-            elif op == "concat":
-                nodes.append(helper.make_node("Concat", xs, [name], axis=1, name=name))
-            elif op == "slice":
-                for key, value in (("starts", node["begin"]), ("ends", node["end"]), ("axes", 1)):
-                    inits.append(numpy_helper.from_array(np.array([value], dtype=np.int64), f"{name}_{key}"))
-                nodes.append(helper.make_node("Slice", xs + [f"{name}_starts", f"{name}_ends", f"{name}_axes"],
-                                              [name], name=name))
-            elif op == "flatten":
-                nodes.append(helper.make_node("Flatten", xs, [name], axis=1, name=name))
-            else:
-                raise ValueError(f"unknown deploy op {op!r}")
-            if name == self.output:
-                channels_out = node["channels"]
-        nodes.append(helper.make_node("Identity", [self.output], ["embedding"], name="embedding"))
-        batch = "N" if dynamic_batch else 1
-        graph = helper.make_graph(
-            nodes, "seesawface",
-            [helper.make_tensor_value_info("data", TensorProto.FLOAT, [batch, 3, *input_size])],
-            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, channels_out])],
-            initializer=inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                                  producer_name="seesawface")
-        model.ir_version = min(model.ir_version, 8)
-        onnx.checker.check_model(model)
-        return model
-
-
-# -------------------------------------------------------------------- folding helpers
-def _prelu_conv_weights(name, alpha):
-    """Weights of PReLU as ``x + (1 − a)·relu(−x)``: ``{name_neg: −1, name_rest: 1 − a}``, each (C, 1, 1, 1) for
-    a 1×1 depthwise convolution (both backends lower PReLU this way)."""
-    c = len(alpha)
-    return {name + "_neg": np.full((c, 1, 1, 1), -1, np.float32),
-            name + "_rest": (1 - np.asarray(alpha, np.float32)).reshape(c, 1, 1, 1)}
 
 
 def fold_batchnorm(conv_weight, bn_params, eps):
@@ -311,9 +67,9 @@ def _folded(block):
         spec = None
     elif isinstance(act, Swish):
         spec = "swish"
-    elif act.__class__.__name__ == "PReLU":
+    elif isinstance(act, nn.PReLU):
         spec = ("prelu", _np(act.alpha))
-    elif act.__class__.__name__ == "Activation" and act._act_type == "relu":
+    elif isinstance(act, nn.Activation) and act._act_type == "relu":
         spec = "relu"
     else:
         raise ValueError(f"cannot fold activation {act!r}")
@@ -522,7 +278,7 @@ def build_deploy_graph(net, layout="cells", se=True):
     (N, 3, 112, 112) and output the (N, emb_size) embedding of ``net`` in inference mode.
 
     ``se=False`` leaves the Seesaw blocks' SE blocks out. That graph is *not* the network (its embedding
-    differs); it exists to measure what the SE blocks cost at deployment (``tools/benchmark.py``'s
+    differs); it exists to measure what the SE blocks cost at deployment (``tools/bench/inference.py``'s
     ``name:no_se`` rows).
     """
     if not isinstance(net, FaceNet):
@@ -570,13 +326,3 @@ def _out_channels(block):
     if isinstance(block, SeesawBlock):
         return block.project_1.conv._channels + block.project_3.conv._channels
     return block.project.conv._channels
-
-
-def equivalence_check(net, graph, x):
-    """Max abs difference between ``net(x)`` and the graph's MXNet symbol on ``x`` (an NDArray batch)."""
-    import mxnet as mx
-
-    sym, args, _ = graph.to_symbol()
-    exe = sym.bind(mx.cpu(), dict(args, data=x), grad_req="null")
-    out = exe.forward(is_train=False)[0].asnumpy()
-    return float(np.abs(out - net(x).asnumpy()).max())

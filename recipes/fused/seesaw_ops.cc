@@ -1,4 +1,4 @@
-// Fused CPU training operators for seesawface (loaded with mx.library.load by symbols/fused.py).
+// Fused CPU training operators for seesawface (built and loaded with mx.library.load by recipes/fused/library.py).
 //
 // Each replaces a chain of MXNet operators whose backward passes make several trips over large feature maps:
 //   seesaw_swish(x)         = x * sigmoid(x)                      (Activation + elemwise_mul + 3 backward ops)
@@ -459,7 +459,7 @@ MXReturnValue scale_split_backward(const Attrs& attrs, std::vector<MXTensor>* in
 //
 // lib_api gives an operator no training flag (fcomp_t sees attributes, tensors and resources only), so the mode
 // arrives as an input: Dropout(ones(1), p=0.5) is exactly 1 in inference and 0 or 2 in training
-// (symbols.fused.is_train_flag).
+// (recipes.fused.layers.is_train_flag).
 // Training: batch statistics (biased variance, as MXNet's BatchNorm normalises with and stores), running
 // statistics updated as MXNet's: running = running * momentum + batch * (1 - momentum). Inference: running
 // statistics, nothing updated. Each channel's data (N * H * W floats, <= 800 KB at batch 64 and 56x56) is read
