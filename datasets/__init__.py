@@ -1,4 +1,4 @@
-"""Data layer (SPEC §5): training RecordIO, verification .bin sets, augmentation, synthetic data."""
+"""Data layer (docs/formats.md): training RecordIO, verification .bin sets, augmentation, synthetic data."""
 from .errors import DataError
 from .recordio import MS1MV2Writer, RecordReader, read_property, write_property
 from .records import FaceRecordDataset, ShardedBatchSampler, build_train_loader

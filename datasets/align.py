@@ -1,4 +1,4 @@
-"""Face alignment to the standard ArcFace 112×112 crop (SPEC §1: input aligned from 5 landmarks).
+"""Face alignment to the standard ArcFace 112×112 crop (the networks' input is aligned from 5 landmarks).
 
 A similarity transform (rotation, uniform scale, translation; Umeyama's least-squares estimate) maps the
 five landmarks — left eye, right eye, nose tip, left mouth corner, right mouth corner, in image pixel

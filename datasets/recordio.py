@@ -1,4 +1,4 @@
-"""Indexed RecordIO (SPEC §5): a fork-safe reader, the MS1MV2-layout writer and the ``property`` file.
+"""Indexed RecordIO (docs/formats.md): a fork-safe reader, the MS1MV2-layout writer and the ``property`` file.
 
 The reader is plain Python over ``os.pread`` so that every worker process opens its own file descriptor
 lazily (handles are reopened when the process id changes) and every malformed byte gives an error naming
@@ -175,7 +175,7 @@ def write_property(data_dir, num_classes, height=112, width=112):
 
 
 class MS1MV2Writer:
-    """Write ``train.rec``/``train.idx`` in the MS1MV2 layout (SPEC §5) with MXNet's RecordIO writer.
+    """Write ``train.rec``/``train.idx`` in the MS1MV2 layout (docs/formats.md) with MXNet's RecordIO writer.
 
     Images must arrive grouped by identity with labels ``0..K-1`` in order. Record 0 is the header
     (label ``[N+1, N+1+K]``), images are keys ``1..N``, identity ``k`` is key ``N+1+k`` with label

@@ -1,4 +1,4 @@
-"""Training records (SPEC §5): a Gluon ``Dataset`` over indexed RecordIO and the training loader builder.
+"""Training records (docs/formats.md): a Gluon ``Dataset`` over indexed RecordIO and the training loader builder.
 
 Both layouts are read: the MS1MV2 layout (record 0 has ``flag > 0`` and label ``[N+1, N+1+K]``, identity
 records give each identity's key range) and the flat im2rec layout (every key an image). Labels may be a
@@ -33,7 +33,7 @@ def _class_of(label, where):
 
 
 class FaceRecordDataset(gluon.data.Dataset):
-    """Face images of an indexed RecordIO file (either layout of SPEC §5).
+    """Face images of an indexed RecordIO file (either layout of docs/formats.md).
 
     ``dataset[i]`` -> ``(float32 (3, 112, 112) normalised RGB, int label)`` with optional random mirror and
     colour jitter; ``dataset.read_image(i)`` -> ``(uint8 (112, 112, 3) RGB, int label)`` without augmentation.

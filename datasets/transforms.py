@@ -7,7 +7,7 @@ import numpy as np
 def normalize(batch_uint8_nhwc):
     """RGB uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image) -> float32 ``(N, 3, H, W)`` as (x - 127.5) / 128.
 
-    The network input of the contract (SPEC §1 networks take normalised RGB NCHW).
+    The networks' input: normalised RGB NCHW.
     """
     batch = np.asarray(batch_uint8_nhwc)
     if batch.ndim == 3:

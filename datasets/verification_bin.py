@@ -1,4 +1,4 @@
-"""Verification pair sets (``<name>.bin``, SPEC §5): safe loading and writing.
+"""Verification pair sets (``<name>.bin``, docs/formats.md): safe loading and writing.
 
 A ``.bin`` file is a pickle of ``(bins, issame_list)``: ``bins`` holds 2N encoded images (pair i is
 ``bins[2i], bins[2i+1]``), ``issame_list`` holds N booleans. Real files come as Python-2 pickles of byte
@@ -81,7 +81,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(data, source="<bytes>"):
-    """Unpickle ``data`` (bytes) admitting only the types of SPEC §5 ``.bin`` files.
+    """Unpickle ``data`` (bytes) admitting only the types of ``.bin`` files.
 
     Python-2 ``str`` objects come back as latin-1 text (converted to bytes by :func:`load_bin`).
     Raises :class:`DataError` naming ``source`` for a refused global or a malformed pickle.
@@ -128,7 +128,7 @@ def decode_image(buf, size=IMAGE_SIZE, what="image"):
 
 
 def load_bin(path, image_size=IMAGE_SIZE):
-    """Load a verification ``.bin`` safely (SPEC §5).
+    """Load a verification ``.bin`` safely (docs/formats.md).
 
     Returns ``(images, issame)``: ``images`` uint8 ``(2N, image_size, image_size, 3)`` RGB and ``issame``
     bool ``(N,)``. Validates ``len(bins) == 2 * len(issame)`` and that every image decodes; raises
