@@ -151,18 +151,21 @@ class RecordReader:
 
 
 def read_property(data_dir):
-    """Read ``property`` (``num_classes,height,width``) from a folder or a path; returns a tuple of 3 ints."""
+    """Read ``property`` from a folder or a path: ``(num_classes, height, width)`` from its first line
+    ``num_classes,height,width``. Later lines (InsightFace's packers add the image count, "shuffled", a date)
+    are ignored."""
     path = os.path.join(data_dir, "property") if os.path.isdir(data_dir) else os.fspath(data_dir)
     if not os.path.isfile(path):
         raise DataError(f"{path}: property file not found")
     with open(path) as f:
-        text = f.read().strip()
+        lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
     try:
-        values = tuple(int(v) for v in text.split(","))
+        values = tuple(int(v) for v in first.split(","))
         if len(values) != 3 or min(values) <= 0:
             raise ValueError
     except ValueError:
-        raise DataError(f"{path}: expected one line 'num_classes,112,112', got {text[:60]!r}") from None
+        raise DataError(f"{path}: expected a first line 'num_classes,112,112', got {first[:60]!r}") from None
     return values
 
 

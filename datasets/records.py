@@ -17,7 +17,7 @@ from mxnet import gluon
 
 from .errors import DataError
 from .recordio import RecordReader, read_property, unpack_header
-from .transforms import BatchAugment, normalize
+from .transforms import BatchAugment, to_input
 from .verification_bin import IMAGE_SIZE, decode_image
 
 logger = logging.getLogger("seesawface.datasets")
@@ -35,7 +35,7 @@ def _class_of(label, where):
 class FaceRecordDataset(gluon.data.Dataset):
     """Face images of an indexed RecordIO file (either layout of docs/formats.md).
 
-    ``dataset[i]`` -> ``(float32 (3, 112, 112) normalised RGB, int label)`` with optional random mirror and
+    ``dataset[i]`` -> ``(float32 (3, 112, 112) RGB 0–255, int label)`` with optional random mirror and
     colour jitter; ``dataset.read_image(i)`` -> ``(uint8 (112, 112, 3) RGB, int label)`` without augmentation.
     Attributes: ``num_classes``, ``labels`` (int32 per item), ``layout`` ('ms1mv2' or 'flat'),
     ``num_skipped`` (corrupt records skipped so far, over all worker processes). The RecordIO file is opened
@@ -190,7 +190,7 @@ class FaceRecordDataset(gluon.data.Dataset):
 
     def __getitem__(self, i):
         image, label = self.read_image(i)
-        data = normalize(self._augment.augment(image[None].copy()))[0]
+        data = to_input(self._augment.augment(image[None].copy()))[0]
         return data, label
 
     def raw(self):
@@ -278,7 +278,7 @@ def build_train_loader(rec_path, batch_size, num_workers=2, shuffle=True, last_b
                        num_parts=1, mirror=True, color_jitter=0.0, seed=0, idx_path=None):
     """Training DataLoader over ``rec_path``; returns ``(loader, dataset)``.
 
-    Batches are ``(data float32 (B, 3, 112, 112) normalised RGB, label float32 (B,))`` NDArrays on ``mx.cpu()``.
+    Batches are ``(data float32 (B, 3, 112, 112) RGB 0–255, label float32 (B,))`` NDArrays on ``mx.cpu()``.
     Decoding
     runs in ``num_workers`` processes (0 = in this process); mirror / jitter / normalisation are vectorised
     per batch. With ``num_parts > 1`` this rank reads a disjoint shard (see :class:`ShardedBatchSampler`);

@@ -1,23 +1,22 @@
-"""Batch-level augmentation and normalisation, vectorised in numpy (no per-pixel Python work)."""
+"""Batch-level augmentation and the networks' input layout, vectorised in numpy (no per-pixel Python work).
+
+Images stay raw RGB 0–255 here: every network normalises its own input as its first operators
+(:func:`symbols.common.normalize_input`), so nothing in the data path may normalise.
+"""
 import os
 
 import numpy as np
 
 
-def normalize(batch_uint8_nhwc):
-    """RGB uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image) -> float32 ``(N, 3, H, W)`` as (x - 127.5) / 128.
-
-    The networks' input: normalised RGB NCHW.
-    """
+def to_input(batch_uint8_nhwc):
+    """RGB uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image) → float32 ``(N, 3, H, W)``, values 0–255: the
+    networks' input."""
     batch = np.asarray(batch_uint8_nhwc)
     if batch.ndim == 3:
         batch = batch[None]
     if batch.ndim != 4 or batch.shape[3] != 3:
-        raise ValueError(f"normalize expects (N, H, W, 3) RGB images, got shape {batch.shape}")
-    out = np.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=np.float32)
-    np.subtract(batch.transpose(0, 3, 1, 2), np.float32(127.5), out=out, dtype=np.float32)
-    out *= np.float32(1.0 / 128.0)
-    return out
+        raise ValueError(f"expected (N, H, W, 3) RGB images, got shape {batch.shape}")
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def random_mirror(batch, rng, p=0.5):
@@ -70,7 +69,7 @@ class _ProcessRNG:
 class BatchAugment:
     """``batchify_fn`` for the Gluon DataLoader: list of ``(uint8 HWC RGB, label)`` -> ``(data, label)`` NDArrays.
 
-    Stacks, mirrors and colour-jitters the batch with one vectorised pass, normalises to float32 NCHW.
+    Stacks, mirrors and colour-jitters the batch with one vectorised pass into float32 NCHW (values 0–255).
     ``shared=True`` puts the arrays in shared memory (for worker processes).
     """
 
@@ -91,15 +90,13 @@ class BatchAugment:
         import mxnet as mx
         labels = np.array([s[1] for s in samples], dtype=np.float32)
         if self.color_jitter > 0:
-            data = normalize(self.augment(np.stack([s[0] for s in samples])))
-        else:  # fast path: mirror while transposing each image into the float batch, then one affine pass
+            data = to_input(self.augment(np.stack([s[0] for s in samples])))
+        else:  # fast path: mirror while transposing each image into the float batch
             rng = self.rng.get()
             flip = rng.random(len(samples)) < 0.5 if self.mirror else np.zeros(len(samples), bool)
             h, w = samples[0][0].shape[:2]
             data = np.empty((len(samples), 3, h, w), dtype=np.float32)
             for i, (img, _) in enumerate(samples):
                 data[i] = (img[:, ::-1] if flip[i] else img).transpose(2, 0, 1)
-            data -= np.float32(127.5)
-            data *= np.float32(1.0 / 128.0)
         ctx = mx.Context("cpu_shared", 0) if self.shared else mx.cpu()
         return mx.nd.array(data, ctx=ctx, dtype=np.float32), mx.nd.array(labels, ctx=ctx, dtype=np.float32)

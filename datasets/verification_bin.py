@@ -100,7 +100,7 @@ def _as_bytes(item, index, path):
         return bytes(item)
     if isinstance(item, str):
         return item.encode("latin1")
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 1:
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8:  # any shape: cv2.imencode gives (n,) or (n, 1)
         return item.tobytes()
     if isinstance(item, np.ndarray) and item.dtype.kind in ("S", "O") and item.size == 1:
         return _as_bytes(item.reshape(-1)[0], index, path)

@@ -1,10 +1,15 @@
 """Embedding checkpoints: MXNet's ``prefix-symbol.json`` + ``prefix-%04d.params`` pair, written atomically and read
 back, either as the saved graph (:func:`load_model`) or as the registered network it holds (:func:`load_source`).
 
+Checkpoints are written in InsightFace's convention: input ``data`` (N, 3, 112, 112) raw RGB 0–255, normalised
+inside the graph, and the embedding output named ``fc1`` (``sym.get_internals()['fc1_output']``). Reading accepts
+that convention from any network (InsightFace's own checkpoints included, whole training symbols too) and this
+repository's checkpoints written before it (input normalised outside the graph), telling which it found.
 ``--model`` arguments everywhere are resolved here (:func:`resolve_checkpoint`): ``PREFIX,EPOCH``, a folder
 holding one ``*-symbol.json`` with its ``-NNNN.params`` (the highest epoch), or an ``.onnx`` file.
 """
 import glob
+import json
 import os
 import re
 import tempfile
@@ -14,10 +19,12 @@ import mxnet as mx
 import numpy as np
 
 import symbols
+from symbols.common import INPUT_MEAN, INPUT_SCALE
 
 from .devices import as_ctx_list
 
 IMAGE_SIZE = 112
+EMBEDDING = "fc1"  # the embedding layer's name in InsightFace's convention
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
@@ -74,12 +81,12 @@ def atomic_save_ndarrays(path, arrays):
 
 # ---------------------------------------------------------------------------------------------- writing
 def save_embedding(net, prefix, epoch, ctx=None):
-    """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` of an embedding network (no fc7), atomically.
-
-    The symbol is traced from ``net`` on a ``data`` variable as the network is (trace a standard network:
-    no training-only operators), the parameters are taken from ``ctx``. Returns ``(symbol_path, params_path)``.
+    """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` of an embedding network (no fc7), atomically, in
+    InsightFace's convention: the symbol traced from ``net`` (which normalises its own input; trace a standard
+    network, without training-only operators) with its output named ``fc1``, parameters taken from ``ctx``.
+    Returns ``(symbol_path, params_path)``.
     """
-    sym = net(mx.sym.var("data"))
+    sym = mx.sym.identity(net(mx.sym.var("data")), name=EMBEDDING)
     arg_names, aux_names = set(sym.list_arguments()), set(sym.list_auxiliary_states())
     arrays = {}
     for name, param in net.collect_params().items():
@@ -140,9 +147,81 @@ def check_embedding_output(out, batch, source):
 
 
 # ---------------------------------------------------------------------------------------------- reading
+FIRST_NORMALIZING_OPS = ("_minus_scalar", "_plus_scalar", "_mul_scalar", "_div_scalar", "BatchNorm")
+PASS_THROUGH_OPS = ("identity", "_copy")
+
+
+def normalises_input(symbol):
+    """Whether the graph's first operator on ``data`` (after identities) normalises it, as InsightFace's networks
+    and this repository's do: scalar arithmetic (``data - 127.5``, ``* 0.0078125``) or a BatchNorm."""
+    nodes = json.loads(symbol.tojson())["nodes"]
+    frontier = {i for i, node in enumerate(nodes) if node["op"] == "null" and node["name"] == "data"}
+    while frontier:
+        readers = [i for i, node in enumerate(nodes) if any(src in frontier for src, _, _ in node["inputs"])]
+        if not readers:
+            return False
+        if any(nodes[i]["op"] in FIRST_NORMALIZING_OPS for i in readers):
+            return True
+        frontier = {i for i in readers if nodes[i]["op"] in PASS_THROUGH_OPS}
+    return False
+
+
+def embedding_output(symbol):
+    """The embedding of a saved graph: ``fc1_output`` when the graph has it (InsightFace's convention, whole
+    training symbols included), else the graph's only output."""
+    internals = symbol.get_internals()
+    if f"{EMBEDDING}_output" in internals.list_outputs():
+        return internals[f"{EMBEDDING}_output"]
+    if len(symbol.list_outputs()) != 1:
+        raise ValueError(f"the symbol has outputs {symbol.list_outputs()} and no {EMBEDDING}_output; an embedding "
+                         "model has one output (or names its embedding layer fc1)")
+    return symbol
+
+
+def _normalized_input():
+    with mx.name.NameManager():
+        return (mx.sym.var("data") - INPUT_MEAN) * INPUT_SCALE
+
+
+def read_symbol(symbol_file, param_names=()):
+    """``(embedding symbol taking raw RGB 0–255 input, convention)`` of a saved graph.
+
+    ``convention`` says what was found: ``insightface`` (the graph normalises its input; fc1 output or a single
+    one), ``seesawface-legacy`` (a network of this repository saved before its graphs normalised their input:
+    the normalisation is put in front of it here), or ``unknown`` (no normalisation found in a foreign graph;
+    fed raw RGB 0–255, as InsightFace's tools do).
+    """
+    try:
+        symbol = mx.sym.load(symbol_file)
+    except mx.base.MXNetError as err:
+        raise ValueError(f"{symbol_file}: not an MXNet symbol file ({str(err).splitlines()[0]})") from None
+    if "data" not in symbol.list_inputs():
+        raise ValueError(f"{symbol_file}: the network input must be a variable named 'data'")
+    try:
+        embedding = embedding_output(symbol)
+    except ValueError as err:
+        raise ValueError(f"{symbol_file}: {err}") from None
+    if normalises_input(embedding):
+        return embedding, "insightface"
+    try:
+        infer_network(param_names)
+    except ValueError:
+        return embedding, "unknown"
+    return embedding(data=_normalized_input()), "seesawface-legacy"
+
+
+CONVENTIONS = {
+    "insightface": "InsightFace's convention: raw RGB 0-255 input normalised in the graph, embedding fc1",
+    "seesawface-legacy": "saved before this repository's graphs normalised their input: (x-127.5)/128 is applied "
+                         "in front of it",
+    "unknown": "no input normalisation in the graph: fed raw RGB 0-255, as InsightFace's tools do",
+}
+
+
 def load_model(spec, ctx=None):
-    """The saved graph of ``spec`` as a runnable model: a ``SymbolBlock`` on ``ctx`` (Context or list) or, for an
-    ``.onnx`` file, a :class:`deploy.onnx_runtime.OnnxEmbedder` (CPU).
+    """The saved graph of ``spec`` as a runnable model taking raw RGB 0–255 images: a ``SymbolBlock`` on ``ctx``
+    (Context or list) or, for an ``.onnx`` file, a :class:`deploy.onnx_runtime.OnnxEmbedder` (CPU). The block's
+    ``convention`` attribute is what :func:`read_symbol` found.
 
     The model is probed with one zero image; an output that is not ``(N, D)``, D > 1, raises ValueError.
     """
@@ -159,22 +238,20 @@ def load_model(spec, ctx=None):
         return net
     symbol_file, params_file = resolve_checkpoint(spec)
     try:
-        symbol = mx.sym.load(symbol_file)
+        params = mx.nd.load(params_file)
     except mx.base.MXNetError as err:
-        raise ValueError(f"{symbol_file}: not an MXNet symbol file ({str(err).splitlines()[0]})") from None
-    if "data" not in symbol.list_inputs():
-        raise ValueError(f"{symbol_file}: the network input must be a variable named 'data'")
-    if len(symbol.list_outputs()) != 1:
-        raise ValueError(f"{symbol_file}: the symbol has outputs {symbol.list_outputs()}; an embedding model has "
-                         "exactly one (export the embedding network only)")
+        raise ValueError(f"{params_file}: not an MXNet parameter file ({str(err).splitlines()[0]})") from None
+    symbol, convention = read_symbol(symbol_file, list(params) if isinstance(params, dict) else [])
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Cannot decide type")
-            net = mx.gluon.SymbolBlock.imports(symbol_file, ["data"], params_file, ctx=ctxs)
+            net = mx.gluon.SymbolBlock(symbol, [mx.sym.var("data")])
+        net.collect_params().load(params_file, ctxs, ignore_extra=True, cast_dtype=True, dtype_source="saved")
     except (mx.base.MXNetError, AssertionError, ValueError) as err:
         raise ValueError(f"{params_file}: cannot load parameters for {os.path.basename(symbol_file)} "
                          f"({str(err).splitlines()[0]})") from None
     check_embedding_output(net(mx.nd.array(probe, ctx=ctxs[0])), 1, symbol_file)
+    net.convention = convention
     return net
 
 

@@ -112,7 +112,8 @@ class BackendPolicy:
 
 
 def load_embedder(spec, ctx=None, backend="auto", fuse=True, warn=print):
-    """The command lines' model: ``(embedder, description)`` for a checkpoint, a model folder or an ``.onnx``.
+    """The command lines' model: ``(embedder, description)`` for a checkpoint, a model folder or an ``.onnx``; the
+    description names the runtime and the checkpoint's convention (:data:`deploy.checkpoint.CONVENTIONS`).
 
     A checkpoint of a registered network runs on ONNX Runtime through :class:`BackendPolicy` (rebuilt from its
     parameter names, lowered, checked against the checkpoint run by MXNet on random images); anything else,
@@ -134,9 +135,10 @@ def load_embedder(spec, ctx=None, backend="auto", fuse=True, warn=print):
         info.update(found)
         return net
 
-    probe = np.random.RandomState(0).uniform(-1, 1, (4, 3, 112, 112)).astype(np.float32)
+    probe = np.random.RandomState(0).uniform(0, 255, (4, 3, 112, 112)).astype(np.float32)
     chosen = policy.embedder(network, lambda x: run_block(model, x), lambda: prepare_for_inference(model, ctxs, fuse),
                              probe, what=spec)
+    saved = checkpoint.CONVENTIONS[model.convention]
     if policy.backend == "onnxruntime":
-        return chosen, f"onnxruntime ({info['network']}, folded deploy graph, {policy.threads} threads)"
-    return chosen, ", ".join(str(c) for c in ctxs)
+        return chosen, f"onnxruntime ({info['network']}, folded deploy graph, {policy.threads} threads); {saved}"
+    return chosen, f"{', '.join(str(c) for c in ctxs)}; {saved}"

@@ -8,11 +8,15 @@ graph itself (:func:`prelu_as_depthwise`), so both backends run the same graph.
 import numpy as np
 
 # Operators a graph holds; "prelu" is rewritten into primitives (prelu_as_depthwise) before a backend writes it.
-OPS = ("input", "conv", "sigmoid", "relu", "mul", "add", "prelu", "gap", "maxpool2", "concat", "slice", "flatten")
+OPS = ("input", "normalize", "conv", "sigmoid", "relu", "mul", "add", "prelu", "gap", "maxpool2", "concat", "slice",
+       "flatten")
+# Names of the input normalisation's two operators in both backends: InsightFace's tools (ArcFaceONNX) read a
+# model whose first nodes are named so as normalising its own input (raw RGB 0–255 in, mean 0 / std 1).
+NORMALIZE_NAMES = ("_minusscalar0", "_mulscalar0")
 
 
 class DeployGraph:
-    """A straight-line inference graph: input ``data`` (N, 3, H, W) → one output.
+    """A straight-line inference graph: input ``data`` (N, 3, H, W), raw RGB 0–255 → one output.
 
     ``nodes`` is a list of dicts ``{'name', 'op', 'inputs': [names], 'channels', ...attributes}``; weights
     live in ``params`` (name → float32 array). Build it with :func:`deploy.lower.build_deploy_graph`.
@@ -34,6 +38,10 @@ class DeployGraph:
         """The graph input ``data``."""
         self.nodes.append(dict(name="data", op="input", inputs=[], channels=channels))
         return "data"
+
+    def normalize(self, x, mean, scale):
+        """``(x − mean) · scale`` (the network's own input normalisation)."""
+        return self._add("normalize", [x], self.nodes[-1]["channels"], mean=float(mean), scale=float(scale))
 
     def conv(self, x, weight, bias=None, stride=1, pad=0, groups=1):
         """Convolution, with a bias unless ``bias`` is None; ``weight`` (O, I/groups, kh, kw)."""
@@ -125,7 +133,10 @@ class DeployGraph:
         for node in graph.nodes[1:]:
             name, op = node["name"], node["op"]
             xs = [sym[i] for i in node["inputs"]]
-            if op == "conv":
+            if op == "normalize":
+                with mx.name.NameManager():  # unprefixed: NORMALIZE_NAMES
+                    out = (xs[0] - node["mean"]) * node["scale"]
+            elif op == "conv":
                 bias = mx.sym.var(name + "_bias") if node["bias"] else None
                 out = mx.sym.Convolution(xs[0], weight=mx.sym.var(name + "_weight"), bias=bias,
                                          kernel=tuple(node["kernel"]), stride=(node["stride"],) * 2,
@@ -155,8 +166,9 @@ class DeployGraph:
         return mx.sym.identity(sym[graph.output], name="embedding"), arg_params, {}
 
     def to_onnx(self, opset=13, dynamic_batch=True, input_size=(112, 112)):
-        """ONNX ModelProto: input ``data`` (N, 3, H, W) float32, output ``embedding`` (N, D); N symbolic
-        when ``dynamic_batch``. PReLU is written as in :func:`prelu_as_depthwise`."""
+        """ONNX ModelProto: input ``data`` (N, 3, H, W) float32 RGB 0–255, output ``embedding`` (N, D); N symbolic
+        when ``dynamic_batch``. The normalisation comes first, as ``Sub`` and ``Mul`` nodes named
+        :data:`NORMALIZE_NAMES`. PReLU is written as in :func:`prelu_as_depthwise`."""
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
@@ -166,7 +178,14 @@ class DeployGraph:
         simple = {"sigmoid": "Sigmoid", "relu": "Relu", "mul": "Mul", "add": "Add", "gap": "GlobalAveragePool"}
         for node in graph.nodes[1:]:
             name, op, xs = node["name"], node["op"], list(node["inputs"])
-            if op == "conv":
+            if op == "normalize":
+                for key in ("mean", "scale"):
+                    inits.append(numpy_helper.from_array(np.array(node[key], dtype=np.float32), f"{name}_{key}"))
+                nodes.append(helper.make_node("Sub", xs + [f"{name}_mean"], [f"{name}_centred"],
+                                              name=NORMALIZE_NAMES[0]))
+                nodes.append(helper.make_node("Mul", [f"{name}_centred", f"{name}_scale"], [name],
+                                              name=NORMALIZE_NAMES[1]))
+            elif op == "conv":
                 kh, kw = node["kernel"]
                 p = node["pad"]
                 weights = [name + "_weight"] + ([name + "_bias"] if node["bias"] else [])

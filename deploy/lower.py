@@ -18,7 +18,7 @@ The ``dense`` layout does the opposite (one tensor, zero blocks in the weights) 
 import numpy as np
 from mxnet.gluon import nn
 
-from symbols.common import FaceNet, GDCHead, Swish
+from symbols.common import INPUT_MEAN, INPUT_SCALE, FaceNet, GDCHead, Swish
 from symbols.mobilefacenet import Bottleneck
 from symbols.seesaw import SeesawBlock
 
@@ -285,7 +285,7 @@ def build_deploy_graph(net, layout="cells", se=True):
         raise ValueError(f"build_deploy_graph needs a symbols.get_model network, got {type(net).__name__}")
     g = DeployGraph()
     low = _Lowering(g, slice_reads=layout == "slice", with_se=bool(se))
-    x = [(g.input(3), np.arange(3))]
+    x = [(g.normalize(g.input(3), INPUT_MEAN, INPUT_SCALE), np.arange(3))]
     blocks = [block for stage in net.stages for block in stage]
     first = blocks[0]
     partition = _stage_partition(first, net.stem.dw.conv._channels, layout)

@@ -9,7 +9,7 @@ import numpy as np
 def onnxruntime_available():
     """True when ``import onnxruntime`` works."""
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (only whether it imports)
     except ImportError:
         return False
     return True

@@ -5,9 +5,8 @@ with oneDNN operator fusion), ``deploy`` (the folded graph of :mod:`deploy.lower
 (oneDNN INT8, :mod:`deploy.int8`), ``onnxruntime`` (the folded graph run by ONNX Runtime).
 """
 import mxnet as mx
-import numpy as np
 
-from .export import default_layout
+from .export import default_layout, random_images
 from .int8 import int8_block, quantize_int8
 from .lower import build_deploy_graph
 from .mxnet_runtime import symbol_block, traced_symbol
@@ -33,7 +32,7 @@ def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None, 
     folded graph without SE blocks (``deploy`` and ``onnxruntime`` only)."""
     if not se and mode not in GRAPH_MODES:
         raise ValueError(f"no_se exists only for the folded graph (modes {', '.join(GRAPH_MODES)}), not {mode!r}")
-    x = np.random.RandomState(batch_size).normal(0, 0.6, (batch_size, 3, 112, 112)).astype(np.float32)
+    x = random_images(batch_size, seed=batch_size)
     if mode == "imperative":
         return _mx_call(net, mx.nd.array(x)), None, None
     if mode in ("hybrid", "fused"):

@@ -193,7 +193,7 @@ def tar_at_far(dist, issame, far_target, nfolds=10, thresholds=FAR_THRESHOLDS):
             "fold_thresholds": fold_thresholds.tolist()}
 
 
-def evaluate(embeddings, issame, nfolds=10, far_targets=(1e-3, 1e-4)):
+def evaluate(embeddings, issame, nfolds=10, far_targets=(1e-3, 1e-4), xnorm=None):
     """Verification metrics of one pair set (the published protocol).
 
     ``embeddings``: ``(2N, D)`` raw flip-summed embeddings, pair ``i`` = rows ``2i, 2i+1`` (they are
@@ -202,7 +202,8 @@ def evaluate(embeddings, issame, nfolds=10, far_targets=(1e-3, 1e-4)):
     * ``accuracy``, ``accuracy_std``: mean and std of ``fold_accuracies`` (fractions in [0, 1]);
     * ``thresholds``: the distance threshold chosen for each fold;
     * ``tar_at_far``: ``{far_target: {'tar', 'tar_std', 'far', 'fold_thresholds'}}`` (``far`` achieved);
-    * ``xnorm``: mean L2 norm of the raw embeddings passed in;
+    * ``xnorm``: the ``xnorm`` given (:func:`eval.embeddings.xnorm` of the views), else the mean L2 norm of the
+      embeddings passed in;
     * ``roc``: ``{'fpr', 'tpr', 'thresholds'}`` arrays, held-out rates averaged over folds;
     * ``num_pairs``, ``nfolds``.
 
@@ -229,7 +230,7 @@ def evaluate(embeddings, issame, nfolds=10, far_targets=(1e-3, 1e-4)):
         "fold_accuracies": accuracies.tolist(),
         "thresholds": fold_thresholds.tolist(),
         "tar_at_far": tars,
-        "xnorm": float(np.linalg.norm(embeddings.astype(np.float64), axis=1).mean()),
+        "xnorm": float(np.linalg.norm(embeddings.astype(np.float64), axis=1).mean()) if xnorm is None else float(xnorm),
         "roc": {"fpr": fpr, "tpr": tpr, "thresholds": ACC_THRESHOLDS.copy()},
         "num_pairs": int(len(issame)),
         "nfolds": int(nfolds),

@@ -4,7 +4,7 @@ import time
 
 import datasets
 
-from .embeddings import extract_embeddings
+from .embeddings import embed_views, xnorm
 from .metrics import check_pairs, evaluate
 
 DEFAULT_FAR_TARGETS = (1e-3, 1e-4)
@@ -39,18 +39,19 @@ def verify_sets(net, sets, ctx=None, batch_size=64, flip=True, nfolds=10, far_ta
     """Embed and evaluate every set: ``{name: result}``.
 
     ``sets``: ``{name: (images uint8 (2N,112,112,3), issame (N,))}`` as from :func:`load_sets`.
-    Each result is :func:`evaluate`'s dict plus ``images_per_sec`` (embedding throughput, flips
-    included in the cost) and ``embed_seconds``. ``net`` is used as given (no hybridization here).
+    Each result is :func:`evaluate`'s dict (XNorm over the original and flipped embeddings apart, as InsightFace
+    reports it) plus ``images_per_sec`` (embedding throughput, flips included in the cost) and ``embed_seconds``.
+    ``net`` is used as given (no hybridization here).
     """
     results = {}
     for name, (images, issame) in sets.items():
         check_pairs(issame, nfolds)
         begin = time.perf_counter()
-        embeddings = extract_embeddings(net, images, ctx=ctx, batch_size=batch_size, flip=flip,
-                                        progress=progress)
+        views = embed_views(net, images, ctx=ctx, batch_size=batch_size, flip=flip, progress=progress)
         seconds = time.perf_counter() - begin
+        embeddings = views[0] + views[1] if flip else views[0]
         try:
-            result = evaluate(embeddings, issame, nfolds=nfolds, far_targets=far_targets)
+            result = evaluate(embeddings, issame, nfolds=nfolds, far_targets=far_targets, xnorm=xnorm(views))
         except ValueError as err:
             raise ValueError(f"set {name}: {err}") from None
         result["images_per_sec"] = len(images) / max(seconds, 1e-9)

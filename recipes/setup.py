@@ -136,11 +136,16 @@ def build_data(cfg, devices, logger):
     """The training loader of this rank: ``data_dir``, ``loader``, ``dataset``, ``num_classes``,
     ``iters_per_epoch``."""
     data_dir = resolve_data(cfg, logger)
-    num_classes = int(datasets.read_property(data_dir)[0])
     loader, dataset = datasets.build_train_loader(
         os.path.join(data_dir, "train.rec"), cfg["batch_size"] * len(devices.contexts), num_workers=cfg["num_workers"],
         shuffle=True, rank=devices.rank, num_parts=devices.num_workers, mirror=False, color_jitter=cfg["color_jitter"],
         seed=cfg["seed"])
+    if os.path.isfile(os.path.join(data_dir, "property")):
+        num_classes = int(datasets.read_property(data_dir)[0])
+    else:
+        num_classes = int(dataset.num_classes)
+        logger.info(f"no property file in {data_dir}: {num_classes} classes, taken from the records ("
+                    + ("the header record's identity ranges)" if dataset.layout == "ms1mv2" else "the largest label + 1)"))
     check_data(dataset, num_classes, data_dir)
     return SimpleNamespace(data_dir=data_dir, loader=loader, dataset=dataset, num_classes=num_classes,
                            iters_per_epoch=len(loader))

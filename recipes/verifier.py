@@ -70,7 +70,7 @@ class Verifier:
 
     def embedder(self, backbone):
         """What embeds with the backbone's current parameters (an ``OnnxEmbedder`` or the fused MXNet copy)."""
-        probe = datasets.normalize(next(iter(self.sets.values()))[0][:self.PROBE_IMAGES])
+        probe = datasets.to_input(next(iter(self.sets.values()))[0][:self.PROBE_IMAGES])
         return self.policy.embedder(lambda: backbone, lambda x: self._reference(backbone, x),
                                     lambda: self._fused_copy(backbone), probe,
                                     what=f"verification of {self.cfg['network']}")

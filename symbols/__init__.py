@@ -24,7 +24,7 @@ def list_models():
 
 
 def get_model(name, emb_size=512, **kwargs):
-    """Build network ``name`` (uninitialised). Input (N, 3, 112, 112) normalised RGB → (N, emb_size).
+    """Build network ``name`` (uninitialised). Input (N, 3, 112, 112) raw RGB 0–255 → (N, emb_size).
 
     Keyword arguments go to the constructor (``act='prelu'|'swish'`` for ``mobilefacenet``).
     Raises ValueError naming the valid networks when ``name`` is unknown.

@@ -4,6 +4,7 @@ Every block takes its activation as an argument (``'swish'``, ``'prelu'``, ``'re
 reads a global config. Child blocks get explicit prefixes, so parameter names in an exported
 ``-symbol.json`` read like ``seesaw_shuffle_stage1_down_expand_1_conv_weight``.
 """
+import mxnet as mx
 from mxnet import init as mx_init
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
@@ -12,6 +13,15 @@ BN_EPSILON = 1e-5  # the reference implementation's (PyTorch default)
 BN_MOMENTUM = 0.9
 
 ACTIVATIONS = ("swish", "prelu", "relu")
+INPUT_MEAN, INPUT_SCALE = 127.5, 0.0078125  # (x − 127.5) / 128 on RGB 0–255, as InsightFace's networks
+
+
+def normalize_input(F, x):
+    """``(x − 127.5) · 1/128`` of raw RGB 0–255 images: the first two operators of every network. They are named
+    as in InsightFace's MXNet symbols (``_minusscalar0``, ``_mulscalar0``), the names InsightFace's tools look
+    for to know that a model normalises its own input."""
+    with mx.name.NameManager():  # no block prefix on these two names
+        return (x - INPUT_MEAN) * INPUT_SCALE
 
 
 class Swish(HybridBlock):
@@ -134,7 +144,8 @@ class FaceNet(HybridBlock):
     ``table`` rows are ``(in_c, out_c, expansion, n_residual, residual_expansion)``: one stride-2 block
     ``in_c → out_c`` (named ``down``) then ``n_residual`` stride-1 residual blocks at ``out_c``
     (``res0``, ``res1``, ...). ``make_block(in_c, out_c, expansion, stride, prefix)`` builds one block.
-    Input (N, 3, 112, 112) normalised RGB; output (N, emb_size) raw (not normalised) embedding.
+    Input (N, 3, 112, 112) raw RGB 0–255 floats, normalised as the network's first step
+    (:func:`normalize_input`); output (N, emb_size) raw (not L2-normalised) embedding.
     """
 
     def __init__(self, stem_channels, table, make_block, emb_size=512, act="swish", **kwargs):
@@ -153,4 +164,4 @@ class FaceNet(HybridBlock):
             self.head = GDCHead(table[-1][1], emb_size, act=act, prefix="head_")
 
     def hybrid_forward(self, F, x):
-        return self.head(self.stages(self.stem(x)))
+        return self.head(self.stages(self.stem(normalize_input(F, x))))

@@ -25,7 +25,8 @@ def test_converted_fixture_reproduces_reference_embedding(fixture, network, tmp_
     # through the written checkpoint, hybridized, eval mode
     block = mx.gluon.SymbolBlock.imports(f"{prefix}-symbol.json", ["data"], f"{prefix}-0000.params")
     block.hybridize(static_alloc=True, static_shape=True)
-    out = block(mx.nd.array(state["input"])).asnumpy()
+    raw = state["input"] * 128.0 + 127.5  # the fixture's normalised images as RGB 0-255 (normalised in the graph)
+    out = block(mx.nd.array(raw)).asnumpy()
     assert np.abs(out - state["embedding"]).max() <= 1e-4
     normed = out / np.linalg.norm(out, axis=1, keepdims=True)
     assert np.abs(normed - state["embedding_l2"]).max() <= 1e-4

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import datasets
-from datasets import DataError, FaceRecordDataset, ShardedBatchSampler, build_train_loader, normalize
+from datasets import DataError, FaceRecordDataset, ShardedBatchSampler, build_train_loader, to_input
 from datasets.recordio import RecordReader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,11 +183,13 @@ def test_identity_record_disagreeing_with_image_labels(tmp_path):
         FaceRecordDataset(os.path.join(folder, "train.rec"))
 
 
-def test_normalize():
+def test_to_input_keeps_raw_values():
+    """The data path only lays images out (NHWC uint8 → NCHW float32); the networks normalise their own input."""
     x = np.array([[[[0, 127, 255]]]], dtype=np.uint8)
-    out = normalize(x)
+    out = to_input(x)
     assert out.shape == (1, 3, 1, 1) and out.dtype == np.float32
-    np.testing.assert_allclose(out.ravel(), [(0 - 127.5) / 128, (127 - 127.5) / 128, (255 - 127.5) / 128])
+    np.testing.assert_array_equal(out.ravel(), [0, 127, 255])
+    assert not hasattr(datasets, "normalize")
 
 
 def test_sharded_sampler_disjoint_equal_and_reshuffled():
@@ -216,15 +218,15 @@ def test_train_loader_batches(tmp_path, num_workers):
         assert data.shape == (4, 3, 112, 112) and data.dtype == np.float32 and label.dtype == np.float32
         assert data.context == mx.cpu()
         seen.extend(label.asnumpy().astype(int).tolist())
-        d = data.asnumpy()
-        assert -1.0 <= d.min() and d.max() <= 1.0
+        d = data.asnumpy()  # raw RGB 0-255: integer values, normalised only inside the networks
+        assert 0.0 <= d.min() and d.max() <= 255.0 and d.max() > 1.0 and np.array_equal(d, np.round(d))
     assert sorted(seen) == sorted(labels.tolist())
     # mirror: every item is either the image or its mirror
     loader, _ = build_train_loader(str(tmp_path / "train.rec"), 16, num_workers=0, shuffle=False, mirror=True)
     data, _ = next(iter(loader))
     flipped = 0
     for i, x in enumerate(data.asnumpy()):
-        ref = normalize(images[i])[0]
+        ref = to_input(images[i])[0]
         same, mirrored = np.allclose(x, ref), np.allclose(x, ref[:, :, ::-1])
         assert same or mirrored
         flipped += mirrored
@@ -232,7 +234,7 @@ def test_train_loader_batches(tmp_path, num_workers):
     loader, _ = build_train_loader(str(tmp_path / "train.rec"), 16, num_workers=0, shuffle=False, mirror=False,
                                    color_jitter=0.4)
     data, _ = next(iter(loader))
-    ref = normalize(images[:16])
+    ref = to_input(images[:16])
     d = data.asnumpy()
     assert d.shape == ref.shape and not np.allclose(d, ref) and np.corrcoef(d.ravel(), ref.ravel())[0, 1] > 0.5
 

@@ -21,7 +21,7 @@ def _trained_like(name, seed=0, **kwargs):
     rng = np.random.RandomState(seed)
     net = symbols.get_model(name, **kwargs)
     symbols.init_model(net)
-    x = mx.nd.array(rng.normal(0, 0.6, (6, 3, 112, 112)))
+    x = mx.nd.array(rng.normal(127.5, 76.8, (6, 3, 112, 112)).clip(0, 255))  # RGB 0-255 images
     net(x[:1])
     for pname, p in net.collect_params().items():
         if pname.endswith(("beta", "bias")):
@@ -55,7 +55,7 @@ def _run_graph(graph, x):
 
 @pytest.fixture(scope="module")
 def probe():
-    return mx.nd.array(np.random.RandomState(1).normal(0, 0.6, (2, 3, 112, 112)).astype(np.float32))
+    return mx.nd.array(np.random.RandomState(1).normal(127.5, 76.8, (2, 3, 112, 112)).clip(0, 255).astype(np.float32))
 
 
 @pytest.mark.parametrize("name", ["mobilefacenet", "seesaw_shuffle", "seesaw_share", "dw_seesaw_v2"])

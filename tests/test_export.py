@@ -121,7 +121,7 @@ def test_se_equalization_keeps_the_function(trained_net, generated_faces):
 def test_int8_export_refuses_a_bad_quantization(tmp_path, monkeypatch):
     net = _trained_like("mobilefacenet", seed=2)
     rng = np.random.RandomState(0)
-    images = rng.normal(0, 0.6, (12, 3, 112, 112)).astype(np.float32)
+    images = rng.normal(127.5, 76.8, (12, 3, 112, 112)).clip(0, 255).astype(np.float32)
     quantized = int8.quantize_int8(net, images[:8])
     monkeypatch.setattr(int8, "quantize_int8", lambda *args, **kwargs: quantized)
     refused = r"min cosine similarity 0\.\d+ < 0\.999.*--calib-images, 8 now"

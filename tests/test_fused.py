@@ -242,7 +242,7 @@ def _net_step(name, on, mode, batch=4):
         net.hybridize(static_alloc=True, static_shape=True)
     elif mode == "plain":
         net.hybridize()
-    x = mx.nd.array(np.random.RandomState(8).uniform(-1, 1, (batch, 3, 112, 112)))
+    x = mx.nd.array(np.random.RandomState(8).uniform(0, 255, (batch, 3, 112, 112)))
     with autograd.record():
         out = net(x)
         loss = (out * mx.nd.arange(32).reshape((1, 32))).sum()

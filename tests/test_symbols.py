@@ -35,7 +35,7 @@ def _build(name, emb_size=512, **kwargs):
 @pytest.fixture(scope="module", params=NAMES)
 def built(request):
     name = request.param
-    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, (2, 3, 112, 112)).astype("float32"))
+    x = mx.nd.array(np.random.RandomState(1).uniform(0, 255, (2, 3, 112, 112)).astype("float32"))
     net = _build(name)
     reference = net(x).asnumpy()
     return name, net, x, reference

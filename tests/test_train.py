@@ -96,7 +96,7 @@ def test_mobilefacenet_with_verification_and_plot(data_dir, tmp_path):
     assert "LeakyReLU" in ops and not any(op.startswith("seesaw_") for op in ops)
     sym, arg_params, aux_params = mx.model.load_checkpoint(str(tmp_path / "model"), 1)
     assert not any("fc7" in name for name in arg_params)
-    x = mx.nd.array(np.random.RandomState(0).randn(3, 3, 112, 112).astype(np.float32))
+    x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (3, 3, 112, 112)).astype(np.float32))
     executor = sym.bind(mx.cpu(), dict(arg_params, data=x), aux_states=aux_params, grad_req="null")
     exported = executor.forward(is_train=False)[0].asnumpy()
     live = capture.state.backbone(x).asnumpy()

@@ -1,4 +1,4 @@
-"""Embedding extraction, model loading and the verification command line ."""
+"""Embedding extraction, model loading and the verification command line."""
 import json
 import os
 import subprocess
@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PixelNet(nn.HybridBlock):
-    """Embedding = ReLU of channel 0, row 0, columns 0 and 1 of the normalised input: ``(N, 2)``.
+    """Embedding = ReLU of channel 0, row 0, columns 0 and 1 of the input, which it normalises first as every
+    network does (``(x - 127.5) / 128``): ``(N, 2)``.
 
     Its flip reads columns 111 and 110 instead, so one image sets both views' embeddings by hand.
     With ``flatten=False`` the output stays ``(N, 1, 1, 2)``: not an embedding.
@@ -32,7 +33,7 @@ class PixelNet(nn.HybridBlock):
         self.flatten = flatten
 
     def hybrid_forward(self, F, x):
-        out = F.relu(F.slice(x, begin=(None, 0, 0, 0), end=(None, 1, 1, 2)))
+        out = F.relu(F.slice((x - 127.5) * 0.0078125, begin=(None, 0, 0, 0), end=(None, 1, 1, 2)))
         return F.reshape(out, shape=(0, -1)) if self.flatten else out
 
 
@@ -93,8 +94,8 @@ def test_flip_sum_is_raw_and_normalised_only_after_the_sum():
 def test_last_partial_batch_and_batch_size_do_not_change_embeddings():
     net = tiny_net()
     images = random_images(23)
-    reference = (net(mx.nd.array(datasets.normalize(images))).asnumpy()
-                 + net(mx.nd.array(datasets.normalize(images[:, :, ::-1].copy()))).asnumpy())
+    reference = (net(mx.nd.array(datasets.to_input(images))).asnumpy()
+                 + net(mx.nd.array(datasets.to_input(images[:, :, ::-1].copy()))).asnumpy())
     for batch_size in (1, 5, 23, 64):
         emb = extract_embeddings(net, images, batch_size=batch_size)
         assert emb.shape == (23, 8) and emb.dtype == np.float32
@@ -138,6 +139,17 @@ def test_load_checkpoint_and_exported_directory(tmp_path):
         load_model(str(folder / "model"))
 
 
+def test_xnorm_averages_every_view_apart_as_insightface_reports_it():
+    """Image A's view embeds to (hi, 0), its flip to (0, lo); B mirrors them. InsightFace's XNorm is the mean norm
+    of every view, (hi + lo) / 2, not the norm of the flip sums, sqrt(hi² + lo²)."""
+    a, b = pixel_image(255, 140), pixel_image(140, 255)
+    result = verify_sets(PixelNet(), {"pairs": (np.stack([a, a, a, b] * 10), np.tile([True, False], 10))},
+                         batch_size=16)["pairs"]
+    hi, lo = (255 - 127.5) / 128, (140 - 127.5) / 128
+    assert result["xnorm"] == pytest.approx((hi + lo) / 2, rel=1e-6)
+    assert result["xnorm"] != pytest.approx(np.hypot(hi, lo), rel=1e-2)
+
+
 def test_load_rejects_non_embedding_models(tmp_path):
     export(PixelNet(flatten=False), str(tmp_path / "map"))
     with pytest.raises(ValueError, match=r"output has shape \(1, 1, 1, 2\)"):
@@ -173,7 +185,7 @@ def test_onnx_model(tmp_path, batch):
     weight = _onnx_model(path, batch)
     images = random_images(7)
     emb = extract_embeddings(load_model(path), images, batch_size=5)
-    pooled = datasets.normalize(images).mean(axis=(2, 3))
+    pooled = datasets.to_input(images).mean(axis=(2, 3))
     np.testing.assert_allclose(emb, 2 * pooled @ weight, rtol=1e-4, atol=1e-5)
 
 

@@ -76,7 +76,7 @@ def _trained_like(cfg, ctx=(mx.cpu(),), seed=0):
 
     hooks = [b.register_forward_pre_hook(calibrate) for b in _blocks(net) if isinstance(b, nn.BatchNorm)]
     with mx.autograd.predict_mode():
-        net(mx.nd.array(datasets.normalize(_smooth_images(rng, 16)), ctx=ctx[0]))
+        net(mx.nd.array(datasets.to_input(_smooth_images(rng, 16)), ctx=ctx[0]))
     for hook in hooks:
         hook.detach()
     net.hybridize()

@@ -1,26 +1,27 @@
 """Convert the authors' PyTorch SeesawFaceNets weights into this project's MXNet checkpoint.
 
-    python tools/convert_pytorch.py --input seesaw_shuffle.pth --network seesaw_shuffle --output out/seesaw
-    python tools/convert_pytorch.py --input ../shared/reference/official_pytorch/seesaw_share.npz \
-        --network seesaw_share --output out/share --check
+    python tools/convert_pytorch.py --input seesaw_shuffle.pth --network seesaw_shuffle --output outputs/seesaw
+    python tools/convert_pytorch.py --input seesaw_share.npz --network seesaw_share --output outputs/share --check
 
-Writes ``PREFIX-symbol.json`` + ``PREFIX-0000.params`` (the embedding network, loadable with
-``mx.model.load_checkpoint``). Reads a ``torch.save``d state_dict (``.pth``/``.pt``, with
+Writes ``PREFIX-symbol.json`` + ``PREFIX-0000.params`` (the embedding network in InsightFace's convention, loadable
+with ``mx.model.load_checkpoint``). Reads a ``torch.save``d state_dict (``.pth``/``.pt``, with
 ``torch.load(weights_only=True)``, which refuses to run code from the file; torch is needed only here) or
-the ``.npz`` form of the reference fixtures. ``--check`` runs the fixture's ``input`` through the converted
-network and compares with its ``embedding``.
+the ``.npz`` form of the reference fixtures. ``--check`` runs the fixture's ``input`` (normalised images, as the
+authors' networks take) through the converted network and compares with its ``embedding``.
 """
 import argparse
 import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 import symbols  # noqa: E402
+from deploy.checkpoint import save_embedding  # noqa: E402
+from symbols.common import INPUT_MEAN, INPUT_SCALE  # noqa: E402
 
 # Networks the authors published, with the constructor arguments that match their implementation.
 CONVERTIBLE = {
@@ -144,15 +145,15 @@ def convert(state, network):
 def save_checkpoint(net, prefix, epoch=0):
     """Export ``net`` as ``prefix-symbol.json`` + ``prefix-%04d.params`` (deployable embedding network)."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    net.hybridize()
-    net(mx.nd.zeros((1, 3, 112, 112)))
-    net.export(prefix, epoch)
-    return f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
+    return save_embedding(net, prefix, epoch)
 
 
 def check_fixture(net, state):
-    """Max abs difference between ``net(state['input'])`` (eval mode) and the fixture's ``embedding``."""
-    out = net(mx.nd.array(state["input"])).asnumpy()
+    """Max abs difference between the converted network on the fixture's ``input`` (normalised images, as the
+    authors' networks take; un-normalised here since this network normalises its own input) and the fixture's
+    ``embedding``."""
+    raw = np.asarray(state["input"], dtype=np.float64) / INPUT_SCALE + INPUT_MEAN
+    out = net(mx.nd.array(raw.astype(np.float32))).asnumpy()
     return float(np.abs(out - state["embedding"]).max())
 
 

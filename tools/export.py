@@ -11,7 +11,9 @@ the parameter names; ``--network``/``--act`` override. Writes into ``--output``:
 + ``model-0000.params``), ``deploy`` (``deploy/``: the folded inference graph for MXNet), ``onnx``
 (``model.onnx``), ``int8`` (``int8/``: oneDNN INT8, with the verification accuracy before and after on
 ``--verify-data``), and ``export.json`` with every measured difference. An artefact that does not reproduce the
-source network is refused with the measured figures and nothing of it is written.
+source network is refused with the measured figures and nothing of it is written. A checkpoint of another
+network in InsightFace's convention (``fc1`` output, in-graph normalisation; an arcface_mxnet MobileFaceNet, say)
+exports as ``symbol`` and ``onnx`` from its saved graph.
 """
 import argparse
 import json
@@ -25,9 +27,9 @@ from deploy.process import run_cli, use_all_cores  # noqa: E402
 use_all_cores()
 
 import symbols  # noqa: E402
-from deploy.checkpoint import load_source  # noqa: E402
+from deploy.checkpoint import CONVENTIONS, load_source  # noqa: E402
 from deploy.export import PROBE_IMAGES, TOLERANCE, export_deploy, export_onnx, export_symbol, load_images  # noqa: E402
-from deploy.export import probe_batch  # noqa: E402
+from deploy.export import export_saved_graph, probe_batch  # noqa: E402
 from deploy.int8 import CALIB_MODES, INT8_MIN_COSINE, export_int8  # noqa: E402
 from deploy.lower import LAYOUTS  # noqa: E402
 from eval.sets import load_set_files, verify_sets  # noqa: E402
@@ -70,6 +72,28 @@ def accuracy_change(net, sets):
     return measure
 
 
+def export_other_network(args, formats, reason):
+    """A checkpoint that is not one of this repository's networks (an InsightFace model): its saved embedding
+    graph as a symbol and/or ONNX (the folded graph and INT8 need a network this repository knows)."""
+    unsupported = [f for f in formats if f not in ("symbol", "onnx")]
+    if unsupported:
+        raise ValueError(f"{args.model}: {reason}; only --formats symbol,onnx can export another network's saved "
+                         f"graph ({','.join(unsupported)} need a network of this repository)")
+    print(f"source: {args.model} is not a network of this repository ({str(reason).split(';')[0]}); exporting "
+          "its saved graph")
+    probe = load_images(args.calib_data, PROBE_IMAGES) if args.calib_data else None
+    results = export_saved_graph(args.model, os.path.join(args.output, "model") if "symbol" in formats else None,
+                                 os.path.join(args.output, "model.onnx") if "onnx" in formats else None, probe,
+                                 args.tolerance)
+    for fmt, result in results.items():
+        print(f"{fmt:7s} ok: max abs diff {result['max_abs_diff']:.2e}, cosine min {result['min_cosine']:.6f} "
+              f"({CONVENTIONS[result['convention']]})")
+    with open(os.path.join(args.output, "export.json"), "w") as f:
+        json.dump({"source": args.model, "exports": results}, f, indent=1, default=str)
+    print(f"written to {args.output} (export.json holds the figures)")
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -77,7 +101,13 @@ def main(argv=None):
         raise ValueError(f"--formats {args.formats!r}: valid formats are {', '.join(FORMATS)}")
     if "int8" in formats and not args.calib_data:
         raise ValueError("--formats int8 needs --calib-data (a .rec of training records or a .bin set)")
-    net, info = load_source(args.model, args.network, args.act)
+    os.makedirs(args.output, exist_ok=True)
+    try:
+        net, info = load_source(args.model, args.network, args.act)
+    except ValueError as err:
+        if args.network:
+            raise
+        return export_other_network(args, formats, err)
     print(f"source: {info['network']} {info['kwargs'] or ''} emb {info['emb_size']} from {info['params_file']}")
     calib = probe = None
     if args.calib_data:  # the probe images every export is checked on are kept out of the INT8 calibration
@@ -90,7 +120,6 @@ def main(argv=None):
               "probe": f"images of {args.calib_data} not used for calibration" if calib is not None
               else "random normal inputs", "exports": {}}
     out = args.output
-    os.makedirs(out, exist_ok=True)
     steps = {
         "symbol": lambda: export_symbol(net, os.path.join(out, "model"), probe, args.tolerance),
         "deploy": lambda: export_deploy(net, os.path.join(out, "deploy", "deploy"), probe, args.layout,

@@ -12,7 +12,7 @@ import threading
 import mxnet as mx
 from mxnet.gluon import nn
 
-from symbols.common import ConvBNAct, FaceNet, SEBlock, Swish
+from symbols.common import ConvBNAct, FaceNet, SEBlock, Swish, normalize_input
 from symbols.seesaw import SeesawBlock
 
 _lock = threading.Lock()
@@ -128,7 +128,7 @@ class FusedFaceNet(FaceNet):
     """Stem → blocks → head, passing each block's output on as the channel pieces it emits."""
 
     def hybrid_forward(self, F, x):
-        pieces = (self.stem(x),)
+        pieces = (self.stem(normalize_input(F, x)),)
         for stage in self.stages:
             for block in stage:
                 out = block(*pieces)

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 import symbols  # noqa: E402
 from deploy.checkpoint import load_source  # noqa: E402
 from deploy.int8 import int8_block, quantize_int8  # noqa: E402
+from deploy.export import random_images  # noqa: E402
 from deploy.lower import LAYOUTS  # noqa: E402
 from deploy.onnx_runtime import onnx_session_options, share_onnx_threads  # noqa: E402
 from deploy.runners import GRAPH_MODES, MODES, make_runner  # noqa: E402
@@ -104,7 +105,7 @@ def memory_of(name, mode, batch_size, layout="auto", model_dir=None):
 def _memory_child(spec):
     name, mode, batch_size, layout, model_dir = spec.split("|")
     net = build_network(name, model_dir or None)
-    calib = np.random.RandomState(0).normal(0, 0.6, (32, 3, 112, 112)).astype(np.float32)
+    calib = random_images(32)
     if mode == "int8":  # calibration (on one image, so it leaves no batch-sized memory pooled) is not counted
         quantized = quantize_int8(net, calib[:1])
         with PeakMemory() as mem:
@@ -132,7 +133,7 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
     info["onnx_thread_pool"] = "per session" if onnx_session_options().use_per_session_threads else "shared"
     matmul_before = matmul_gflops(threads=threads)
     say("matrix multiply GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in matmul_before.items()))
-    calib = np.random.RandomState(0).normal(0, 0.6, (32, 3, 112, 112)).astype(np.float32)
+    calib = random_images(32)
     nets, counts = {}, {}
     for name in networks:
         nets[name] = build_network(name, model_dirs.get(name))

@@ -71,7 +71,7 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, 
     state = TrainState(cfg, ctx, backbone, head, trainer, 1000, classes)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     rng = np.random.RandomState(0)
-    data = mx.nd.array(rng.uniform(-1, 1, (batch_size, 3, 112, 112)).astype(np.float32))
+    data = mx.nd.array(rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32))
     label = mx.nd.array(rng.randint(0, classes, batch_size).astype(np.float32))
     tuned = None
     for i in range(max(warmup, 1 if malloc else 0)):
