@@ -26,6 +26,7 @@ from recipes import callbacks as cb  # noqa: E402
 from recipes import checkpoint as ckpt  # noqa: E402
 from recipes import config as config_mod  # noqa: E402
 from recipes import setup  # noqa: E402
+from recipes.cpu_share import CpuShare, shares_cpu  # noqa: E402
 from recipes.distributed import broadcast_initial_parameters, setup_devices  # noqa: E402
 from recipes.loop import TrainState, evaluate, train_one_epoch  # noqa: E402
 from recipes.verifier import Verifier  # noqa: E402
@@ -57,6 +58,8 @@ def run(cli, extra_callbacks=()):
     sets = setup.load_eval_sets(cfg, data.data_dir, devices.rank)
     state.verifier = Verifier(cfg, sets, devices.contexts[0]) if sets else None
     state.callbacks = cb.standard_callbacks(cfg, list(sets), manager) + list(extra_callbacks)
+    if shares_cpu(devices):
+        state.callbacks.append(CpuShare())
     describe(state, data, devices, sets)
 
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
