@@ -57,6 +57,9 @@ def run(cli, extra_callbacks=()):
         sampling = ckpt.sampling_state(head)
         start_epoch = setup.restore(state, resume_path, cfg["output_dir"])
         start_batch = int(resume_meta.get("batch", 0))  # > 0: a step checkpoint inside epoch start_epoch
+        if start_batch:
+            state.log(f"continuing epoch {start_epoch + 1} at batch {start_batch + 1}/{data.iters_per_epoch} "
+                      "(the batches before it are skipped undecoded, their flips replayed)")
         if devices.num_workers > 1:  # the file holds rank 0's class-sampling stream: each worker keeps its own
             ckpt.set_sampling_state(head, sampling)
     check_max_steps(state)

@@ -73,6 +73,7 @@ def test_max_steps_stops_with_a_step_checkpoint_and_resume_is_exact(data_dir, tm
     # resume: max_steps is not inherited, the run continues at epoch 2 batch 2 and ends like a straight run
     resumed = train.run({"output_dir": str(out), "resume": "auto", "num_workers": 0})
     assert not resumed["stopped_at_max_steps"] and resumed["last"]["epoch"] == 2 and resumed["step"] == 6
+    assert "continuing epoch 2 at batch 2/3" in open(out / "train.log").read()
     full = train.run(_options(data_dir, tmp_path / "full"))
     assert full["step"] == 6
     diff = _max_diff(_params(str(out / "model-0002.params")), _params(str(tmp_path / "full" / "model-0002.params")))
