@@ -22,11 +22,15 @@ from .lower import build_deploy_graph
 MOBILE_TOLERANCE = 1e-3
 FP32_MIN_COSINE = 0.9999
 FP16_MIN_COSINE = 0.9999
+# The layout exported when none is given: ncnn and MNN run the exact-MAdds cells layout fastest at every batch size
+# (docs/deployment.md); the Seesaw variants' default is for ONNX Runtime at batch 1.
+MOBILE_LAYOUT = "cells"
 
 
 def runtime_onnx(net, runtime, layout=None):
-    """``(onnx.ModelProto, layout)``: the folded graph of ``net`` in ``runtime``'s form."""
-    layout = layout or default_layout(net)
+    """``(onnx.ModelProto, layout)``: the folded graph of ``net`` in ``runtime``'s form (``layout`` None:
+    :data:`MOBILE_LAYOUT`)."""
+    layout = layout or MOBILE_LAYOUT
     return build_deploy_graph(net, layout).to_onnx(dynamic_batch=True, **RUNTIME_FORMS[runtime]), layout
 
 

@@ -5,13 +5,11 @@ layer is quantized except the first convolution (:data:`ONNX_INT8_KEEP_FP32`): q
 embedding, and keeping the rest INT8 keeps the graph one INT8 region, with no layout conversion inside.
 """
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
-
-from .embedders import compare_embeddings
-from .export import ExportMismatch, default_layout
-from .lower import build_deploy_graph
 
 ONNX_INT8_MIN_COSINE = 0.99
 # Convolutions kept in float32, by position among the graph's Conv nodes: the stem (0).
@@ -45,26 +43,43 @@ def _calibration_reader(images, batch=CALIB_BATCH):
 def quantize_onnx_int8(model, calib_images, keep_fp32=ONNX_INT8_KEEP_FP32):
     """Static INT8 quantization of an ONNX model (``onnx.ModelProto`` or bytes) with input ``data``, calibrated on
     ``calib_images`` (N, 3, H, W) RGB 0–255. ``keep_fp32``: positions of the Conv nodes left in float32.
-    Returns the quantized model as bytes."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    Returns the quantized model as bytes.
 
+    Runs in a child process: ONNX Runtime's quantization tool opens sessions with their own thread pools, which
+    ONNX Runtime refuses in a process that shares one pool (:func:`deploy.onnx_runtime.share_onnx_threads`)."""
     if len(calib_images) == 0:
         raise ValueError("INT8 calibration needs images; none were given")
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else bytes(model)
     with tempfile.TemporaryDirectory() as work:
-        src, pre, dst = (os.path.join(work, name) for name in ("src.onnx", "pre.onnx", "int8.onnx"))
+        src, images, dst = (os.path.join(work, name) for name in ("src.onnx", "calib.npy", "int8.onnx"))
         with open(src, "wb") as f:
             f.write(data)
-        quant_pre_process(src, pre, skip_symbolic_shape=True)
-        convs = [node.name for node in onnx.load(pre).graph.node if node.op_type == "Conv"]
-        keep = [convs[i] for i in keep_fp32 if -len(convs) <= i < len(convs)]
-        quantize_static(pre, dst, _calibration_reader(calib_images), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+        np.save(images, np.ascontiguousarray(calib_images, dtype=np.float32))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (f"import sys; sys.path.insert(0, {root!r}); from deploy.onnx_int8 import _quantize_files; "
+                "_quantize_files(*sys.argv[1:4], [int(i) for i in sys.argv[4:]])")
+        done = subprocess.run([sys.executable, "-c", code, src, images, dst] + [str(i) for i in keep_fp32],
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not os.path.isfile(dst):
+            tail = " | ".join(done.stderr.strip().splitlines()[-2:])
+            raise RuntimeError(f"ONNX Runtime's INT8 quantization failed (exit code {done.returncode}): {tail}")
         with open(dst, "rb") as f:
             return f.read()
+
+
+def _quantize_files(src, images, dst, keep_fp32):
+    """:func:`quantize_onnx_int8`'s work, on files: ``src`` ONNX, ``images`` a ``.npy`` of calibration images."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst + ".pre.onnx"
+    quant_pre_process(src, pre, skip_symbolic_shape=True)
+    convs = [node.name for node in onnx.load(pre).graph.node if node.op_type == "Conv"]
+    keep = [convs[i] for i in keep_fp32 if -len(convs) <= i < len(convs)]
+    quantize_static(pre, dst, _calibration_reader(np.load(images)), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
 
 
 def export_onnx_int8(net, path, calib_images, probe, layout=None, min_cosine=ONNX_INT8_MIN_COSINE, accuracy=None):
@@ -73,6 +88,9 @@ def export_onnx_int8(net, path, calib_images, probe, layout=None, min_cosine=ONN
     measures the quantized model before it is written (its result goes into the figures as ``accuracy``)."""
     import mxnet as mx
 
+    from .embedders import compare_embeddings
+    from .export import ExportMismatch, default_layout
+    from .lower import build_deploy_graph
     from .onnx_runtime import OnnxEmbedder
 
     layout = layout or default_layout(net)

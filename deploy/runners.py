@@ -21,14 +21,20 @@ from .onnx_runtime import onnx_session
 MODES = ("imperative", "hybrid", "fused", "deploy", "int8", "onnxruntime", "onnxruntime_int8", "ncnn", "mnn")
 GRAPH_MODES = ("deploy", "onnxruntime", "onnxruntime_int8", "ncnn", "mnn")  # the modes that run the folded graph
 MOBILE_MODES = ("ncnn", "mnn")
+# Layout of the Seesaw networks at batch 1 per mode, where it is not the variant's default (measured fastest:
+# ncnn and MNN run the exact-MAdds cells layout faster than the dense one at batch 1 too, docs/deployment.md).
+LATENCY_LAYOUTS = {"ncnn": "cells", "mnn": "cells"}
 
 
-def layout_for(net, batch_size, layout="auto"):
-    """Folded-graph layout for a batch size: ``auto`` takes the variant's latency layout at batch 1 and the
-    exact-MAdds ``cells`` layout for larger batches (measured fastest on 2 cores; all layouts are exact)."""
+def layout_for(net, batch_size, layout="auto", mode=None):
+    """Folded-graph layout for a batch size: ``auto`` takes the variant's latency layout at batch 1 (or the mode's,
+    :data:`LATENCY_LAYOUTS`) and the exact-MAdds ``cells`` layout for larger batches (measured fastest on 2 cores;
+    all layouts are exact)."""
     if layout != "auto":
         return layout
-    return default_layout(net) if batch_size == 1 else "cells"
+    if batch_size == 1:
+        return LATENCY_LAYOUTS.get(mode) or default_layout(net)
+    return "cells"
 
 
 def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None, se=True):
@@ -50,7 +56,7 @@ def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None, 
         qsym, qargs, qaux = quantize_int8(net, calib)
         return _mx_call(int8_block(qsym, qargs, qaux), mx.nd.array(x)), None, None
     if mode in GRAPH_MODES:
-        layout = layout_for(net, batch_size, layout)
+        layout = layout_for(net, batch_size, layout, mode)
         graph = build_deploy_graph(net, layout, se=se)
         if mode == "deploy":
             sym, args, aux = graph.to_symbol()

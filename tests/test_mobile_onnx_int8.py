@@ -49,3 +49,11 @@ def test_export_refuses_a_bad_quantization(tmp_path):
     with pytest.raises(export.ExportMismatch, match=r"min cosine similarity 0\.\d+ < 0\.9999"):
         onnx_int8.export_onnx_int8(net, str(tmp_path / "int8.onnx"), images[:8], images[8:], min_cosine=0.9999)
     assert not os.path.exists(tmp_path / "int8.onnx")
+
+
+def test_benchmark_runner_runs_the_int8_graph():
+    from deploy.runners import make_runner
+
+    net = _trained_like("mobilefacenet", seed=1)
+    runner, madds, layout = make_runner(net, "onnxruntime_int8", 2, calib=export.random_images(8), threads=1)
+    assert runner()[0].shape == (2, 512) and madds > 0 and layout

@@ -73,7 +73,7 @@ def profile(network, runtime, batch=1, threads=1, runs=20, layout="auto"):
     """One profile: ``{'network', 'runtime', 'layout', 'batch', 'threads', 'latency_ms', 'layers': {type: {'count',
     'ms'}}}``."""
     net = build_network(network)
-    layout = layout_for(net, batch, layout)
+    layout = layout_for(net, batch, layout, runtime)
     graph = build_deploy_graph(net, layout)
     x = random_images(batch, seed=1)
     if runtime == "onnxruntime":
@@ -113,7 +113,8 @@ def format_profiles(profiles):
         kinds = list(dict.fromkeys(k for p in group for k in p["layers"]))
         lines += ["", f"{runtime}, batch {group[0]['batch']}, {group[0]['threads']} thread(s): ms per run "
                   "(layer count); end-to-end latency without the profiler last", "",
-                  "| layer type | " + " | ".join(f"{p['network']} ({p['layout']})" for p in group) + " |",
+                  "| layer type | " + " | ".join(p["network"] + (f" ({p['layout']})" if "seesaw" in p["network"] else "")
+                                                for p in group) + " |",
                   "|---|" + "---|" * len(group)]
         for kind in kinds:
             cells = [f"{p['layers'][kind]['ms']:.3f} ({p['layers'][kind]['count']})" if kind in p["layers"] else ""
