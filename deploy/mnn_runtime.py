@@ -8,6 +8,7 @@ interface of :class:`deploy.onnx_runtime.OnnxEmbedder`.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,14 +57,8 @@ def convert_to_mnn(onnx_model, path, fp16=False):
             tail = " | ".join(output.strip().splitlines()[-3:])
             raise RuntimeError(f"MNN's converter did not convert the model: {tail}")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        os.replace(dst, path) if os.stat(work).st_dev == os.stat(os.path.dirname(os.path.abspath(path))).st_dev \
-            else _copy(dst, path)
+        shutil.copyfile(dst, path)
     return path
-
-
-def _copy(src, dst):
-    with open(src, "rb") as f, open(dst, "wb") as g:
-        g.write(f.read())
 
 
 def round_weights_to_fp16(onnx_model):

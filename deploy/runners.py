@@ -4,7 +4,8 @@ Modes: ``imperative`` (Gluon, not hybridized), ``hybrid`` (hybridized, static me
 with oneDNN operator fusion), ``deploy`` (the folded graph of :mod:`deploy.lower` run by MXNet), ``int8``
 (oneDNN INT8, :mod:`deploy.int8`), ``onnxruntime`` (the folded graph run by ONNX Runtime), ``onnxruntime_int8``
 (its static INT8 quantization, :mod:`deploy.onnx_int8`), ``ncnn`` and ``mnn`` (the folded graph converted by each
-runtime's own converter, in the form it fuses, :mod:`deploy.ncnn_runtime`, :mod:`deploy.mnn_runtime`).
+runtime's own converter, in the form it fuses, :mod:`deploy.ncnn_runtime`, :mod:`deploy.mnn_runtime`), ``ncnn_fp16``
+(float16 weights and storage).
 """
 import os
 import tempfile
@@ -18,12 +19,14 @@ from .lower import build_deploy_graph
 from .mxnet_runtime import symbol_block, traced_symbol
 from .onnx_runtime import onnx_session
 
-MODES = ("imperative", "hybrid", "fused", "deploy", "int8", "onnxruntime", "onnxruntime_int8", "ncnn", "mnn")
-GRAPH_MODES = ("deploy", "onnxruntime", "onnxruntime_int8", "ncnn", "mnn")  # the modes that run the folded graph
-MOBILE_MODES = ("ncnn", "mnn")
+MODES = ("imperative", "hybrid", "fused", "deploy", "int8", "onnxruntime", "onnxruntime_int8", "ncnn", "ncnn_fp16",
+         "mnn")
+# the modes that run the folded graph
+GRAPH_MODES = ("deploy", "onnxruntime", "onnxruntime_int8", "ncnn", "ncnn_fp16", "mnn")
+MOBILE_MODES = ("ncnn", "ncnn_fp16", "mnn")
 # Layout of the Seesaw networks at batch 1 per mode, where it is not the variant's default (measured fastest:
 # ncnn and MNN run the exact-MAdds cells layout faster than the dense one at batch 1 too, docs/deployment.md).
-LATENCY_LAYOUTS = {"ncnn": "cells", "mnn": "cells"}
+LATENCY_LAYOUTS = {"ncnn": "cells", "ncnn_fp16": "cells", "mnn": "cells"}
 
 
 def layout_for(net, batch_size, layout="auto", mode=None):
@@ -62,7 +65,7 @@ def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None, 
             sym, args, aux = graph.to_symbol()
             return _mx_call(symbol_block(sym, args, aux), mx.nd.array(x)), graph.madds(), layout
         if mode in MOBILE_MODES:
-            embedder = mobile_embedder(graph, mode, threads)
+            embedder = mobile_embedder(graph, mode.split("_")[0], threads, fp16=mode.endswith("_fp16"))
             return (lambda: embedder(x)), graph.madds(), layout
         model = graph.to_onnx()
         if mode == "onnxruntime_int8":
