@@ -18,6 +18,7 @@ from .embedders import compare_embeddings
 from .export import ExportMismatch, default_layout
 from .graph import RUNTIME_FORMS
 from .lower import build_deploy_graph
+from .onnx_runtime import default_threads
 
 MOBILE_TOLERANCE = 1e-3
 FP32_MIN_COSINE = 0.9999
@@ -70,7 +71,7 @@ def export_onnx_form(net, path, probe, layout=None, prelu="native", tolerance=1e
 def export_ncnn(net, folder, probe, layout=None, fp16=False, tolerance=MOBILE_TOLERANCE, accuracy=None,
                 threads=None):
     """Write ``folder/model.param`` + ``model.bin`` (pnnx conversion; float16 weights and storage when ``fp16``)
-    after running them with ncnn against ``net`` on ``probe``. ``accuracy(embedder)``, if given, measures the model
+    after running them with ncnn (``threads``, default every core) against ``net`` on ``probe``. ``accuracy(embedder)``, if given, measures the model
     before it is written. Returns the figures, the layout and the ncnn layer counts."""
     from .ncnn_runtime import NcnnEmbedder, convert_to_ncnn, layer_counts
 
@@ -79,7 +80,8 @@ def export_ncnn(net, folder, probe, layout=None, fp16=False, tolerance=MOBILE_TO
     with tempfile.TemporaryDirectory() as work:
         param, weights = os.path.join(work, "model.param"), os.path.join(work, "model.bin")
         convert_to_ncnn(model, param, weights, fp16=fp16)
-        embedder = NcnnEmbedder(param, weights, threads=threads, fp16=fp16, name="the ncnn model")
+        embedder = NcnnEmbedder(param, weights, threads=threads or default_threads(), fp16=fp16,
+                                name="the ncnn model")
         stats = check_export(f"the ncnn{' fp16' if fp16 else ''} model", reference, embedder(probe), fp16, tolerance)
         result = dict(stats, layout=layout, layers=layer_counts(param), bytes=os.path.getsize(weights),
                       files=["model.param", "model.bin"], input="in0", output="out0",
@@ -103,7 +105,7 @@ def export_mnn(net, path, probe, layout=None, fp16=False, tolerance=MOBILE_TOLER
     with tempfile.TemporaryDirectory() as work:
         trial = os.path.join(work, "model.mnn")
         convert_to_mnn(model, trial, fp16=fp16)
-        embedder = MnnEmbedder(trial, threads=threads, name="the MNN model")
+        embedder = MnnEmbedder(trial, threads=threads or default_threads(), fp16=fp16, name="the MNN model")
         stats = check_export(f"the MNN{' fp16' if fp16 else ''} model", reference, embedder(probe), fp16, tolerance)
         result = dict(stats, layout=layout, ops=op_counts(trial), bytes=os.path.getsize(trial), input="data",
                       output="embedding")

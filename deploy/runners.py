@@ -17,7 +17,7 @@ from .graph import RUNTIME_FORMS
 from .int8 import int8_block, quantize_int8
 from .lower import build_deploy_graph
 from .mxnet_runtime import symbol_block, traced_symbol
-from .onnx_runtime import onnx_session
+from .onnx_runtime import default_threads, onnx_session
 
 MODES = ("imperative", "hybrid", "fused", "deploy", "int8", "onnxruntime", "onnxruntime_int8", "ncnn", "ncnn_fp16",
          "mnn")
@@ -79,8 +79,10 @@ def make_runner(net, mode, batch_size, calib=None, layout="auto", threads=None, 
 
 def mobile_embedder(graph, runtime, threads=None, fp16=False):
     """An embedder (:class:`deploy.ncnn_runtime.NcnnEmbedder`, :class:`deploy.mnn_runtime.MnnEmbedder`) of a folded
-    graph converted for ``runtime`` (``ncnn`` or ``mnn``), in the form it fuses, without parity check."""
+    graph converted for ``runtime`` (``ncnn`` or ``mnn``), in the form it fuses, without parity check; ``threads``
+    None: every core."""
     model = graph.to_onnx(**RUNTIME_FORMS[runtime])
+    threads = threads or default_threads()
     with tempfile.TemporaryDirectory() as work:  # the runtimes read the whole model when they load it
         if runtime == "ncnn":
             from .ncnn_runtime import NcnnEmbedder, convert_to_ncnn
