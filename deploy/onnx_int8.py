@@ -1,8 +1,9 @@
 """ONNX Runtime static INT8 of the folded graph: ONNX Runtime's own quantization tool, calibrated on face images.
 
 QDQ format, per-channel int8 weights, uint8 activations with min/max ranges from the calibration images. Every
-layer is quantized except the first convolution (:data:`ONNX_INT8_KEEP_FP32`): quantizing it costs most of the
-embedding, and keeping the rest INT8 keeps the graph one INT8 region, with no layout conversion inside.
+layer is quantized except the first convolution (:data:`ONNX_INT8_KEEP_FP32`, the layer that reads the image, as in
+the MXNet INT8 recipe); the SE and head layers are quantized too, which keeps the graph one INT8 region with no
+layout conversion inside.
 """
 import os
 import subprocess
