@@ -62,6 +62,8 @@ OPTIONS = {
     # optimiser
     "optimizer": ("optimiser", "sgd", "optimizer (SGD with momentum in the paper)"),
     "lr": ("optimiser", 0.1, "initial learning rate (global batch as configured)"),
+    "lr_batch": ("optimiser", 0, "global batch --lr is meant for: a smaller global batch trains at "
+                                 "lr x global batch / lr_batch (linear scaling; 0 = off)"),
     "momentum": ("optimiser", 0.9, "SGD momentum"),
     "wd": ("optimiser", 4e-5, "weight decay of backbone weights (none on BatchNorm, PReLU, biases)"),
     "fc7_wd": ("optimiser", 4e-4, "weight decay of the fc7 (margin head) weight"),

@@ -34,23 +34,34 @@ LRScheduler, LRSequential = _import_gluoncv_schedulers()
 NO_DECAY_SUFFIXES = ("gamma", "beta", "bias", "alpha", "running_mean", "running_var")
 
 
-def build_lr_scheduler(cfg, iters_per_epoch):
+def base_lr(cfg, global_batch=None):
+    """The peak lr of this run: ``lr``, scaled linearly (``lr × global_batch / lr_batch``) when the global batch
+    is smaller than ``lr_batch``, the batch the configured lr is meant for (docs/training.md: ArcFace s=64 at
+    lr 0.1 rewrites fc7 rows outright at small batches)."""
+    lr, ref = float(cfg["lr"]), int(cfg.get("lr_batch") or 0)
+    if ref > 0 and global_batch and global_batch < ref:
+        return lr * global_batch / ref
+    return lr
+
+
+def build_lr_scheduler(cfg, iters_per_epoch, global_batch=None):
     """gluoncv scheduler giving the lr at optimizer update ``num_update`` (1-based).
 
-    Linear warm-up from 0 to ``lr`` over ``warmup_epochs`` (if > 0), then ``lr`` multiplied by ``lr_factor`` at
-    each epoch of ``lr_steps`` (epochs counted from the start of training, warm-up included).
+    Linear warm-up from 0 to :func:`base_lr` over ``warmup_epochs`` (if > 0), then that lr multiplied by
+    ``lr_factor`` at each epoch of ``lr_steps`` (epochs counted from the start of training, warm-up included).
     """
     if iters_per_epoch <= 0:
         raise ValueError("iters_per_epoch must be positive")
+    peak = base_lr(cfg, global_batch)
     total = int(cfg["num_epochs"]) * int(iters_per_epoch)
     warm = int(round(float(cfg["warmup_epochs"]) * iters_per_epoch))
     warm = min(warm, total - 1)
     steps = [s * iters_per_epoch - warm for s in lr_steps(cfg) if s < cfg["num_epochs"]]
-    main = LRScheduler("step", base_lr=cfg["lr"], niters=total - warm, step_iter=[s for s in steps if s > 0],
+    main = LRScheduler("step", base_lr=peak, niters=total - warm, step_iter=[s for s in steps if s > 0],
                        step_factor=cfg["lr_factor"])
     if warm <= 0:
         return LRSequential([main])
-    return LRSequential([LRScheduler("linear", base_lr=0.0, target_lr=cfg["lr"], niters=warm), main])
+    return LRSequential([LRScheduler("linear", base_lr=0.0, target_lr=peak, niters=warm), main])
 
 
 def set_param_multipliers(backbone, head, cfg):
@@ -69,7 +80,7 @@ def set_param_multipliers(backbone, head, cfg):
     return base_wd
 
 
-def build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=None, horovod=None):
+def build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=None, horovod=None, global_batch=None):
     """Gluon Trainer over backbone + head parameters (SGD momentum by default), lr from
     :func:`build_lr_scheduler`. ``kvstore``: a KVStore object, a type name, or None (single device).
 
@@ -78,7 +89,7 @@ def build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=None, horovod=No
     ``horovod``: the ``horovod.mxnet`` module: a ``DistributedTrainer`` (allreduce-averaged gradients) instead.
     """
     base_wd = set_param_multipliers(backbone, head, cfg)
-    scheduler = build_lr_scheduler(cfg, iters_per_epoch)
+    scheduler = build_lr_scheduler(cfg, iters_per_epoch, global_batch)
     params = dict(backbone.collect_params().items())
     params.update(head.collect_params().items())
     opt_args = {"wd": base_wd, "lr_scheduler": scheduler}

@@ -22,7 +22,7 @@ from . import fused
 from .callbacks import truncate_after_step
 from .heads import build_head, margins_of
 from .loop import LOGGER_NAME
-from .optim import build_trainer, current_lr
+from .optim import base_lr, build_trainer, current_lr
 from .partial_fc import ShardedHead
 
 
@@ -236,7 +236,12 @@ def build_model(cfg, devices, num_classes, iters_per_epoch, logger, amp=False):
     if probe.shape != (2, cfg["emb_size"]):
         raise ValueError(f"{cfg['network']} gives embeddings of shape {probe.shape[1:]}, expected ({cfg['emb_size']},)")
     hybridize_backbone(backbone, cfg["hybridize"])
-    trainer = build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=devices.kvstore, horovod=devices.horovod)
+    global_batch = cfg["batch_size"] * len(contexts) * devices.num_workers
+    trainer = build_trainer(backbone, head, cfg, iters_per_epoch, kvstore=devices.kvstore, horovod=devices.horovod,
+                            global_batch=global_batch)
+    if base_lr(cfg, global_batch) != cfg["lr"]:
+        logger.info(f"lr {base_lr(cfg, global_batch):g}: --lr {cfg['lr']:g} is meant for a global batch of "
+                    f"{cfg['lr_batch']}, this run's is {global_batch} (linear scaling, --lr-batch)")
     if amp:
         from mxnet.contrib import amp as mx_amp
         mx_amp.init_trainer(trainer)

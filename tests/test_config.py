@@ -68,3 +68,15 @@ def test_help_lists_groups(capsys):
     for group in config.GROUPS:
         assert f"\n{group}:" in text
     assert "--margin-s" in text and "seesaw_shuffle" in text
+
+
+def test_lr_scales_down_below_lr_batch():
+    from recipes.optim import base_lr, build_lr_scheduler
+    paper = config.resolve(_cli(["--network", "seesaw_shuffle", "--data-dir", "faces_emore"]))
+    assert paper["lr_batch"] == 512
+    assert base_lr(paper, 64) == pytest.approx(0.0125)       # 0.1 x 64 / 512
+    assert base_lr(paper, 4 * 192) == 0.1                     # a larger global batch keeps the configured lr
+    sched = build_lr_scheduler(dict(paper, warmup_epochs=0.0), iters_per_epoch=10, global_batch=128)
+    assert sched(1) == pytest.approx(0.025) and sched(95) == pytest.approx(0.025 * 0.1)
+    short = config.resolve(_cli(["--network", "seesaw_shuffle"]))   # the default run: lr as written
+    assert base_lr(short, short["batch_size"]) == short["lr"] == 0.05
