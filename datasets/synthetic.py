@@ -10,6 +10,14 @@ identities that are not in the training set. Everything is deterministic from ``
 own random stream keyed by ``(seed, set, identity, image)``, so worker count does not matter). Files are
 written through :class:`datasets.recordio.MS1MV2Writer` and :func:`datasets.verification_bin.write_bin`, so
 the default run exercises the real readers.
+
+``renderer="cheap"`` is for the dataset's *shape* rather than its content, e.g. MS1MV2's 85,742 identities
+(``tools/make_synthetic.py DIR --identities 85742 --images-per-identity 3 --renderer cheap``, a few minutes):
+a few hundred base faces drawn once at 112×112 by the full renderer, each identity a base face with its own
+colour tint and skin marks, and every image that identity's face under a cheap nuisance (rotation, scale,
+shift, lighting, background gradient, noise). The records are the same valid 112×112 JPEGs in the same
+MS1MV2 layout with a real class structure (every image of an identity shows that identity); what it gives up
+is the variety that makes the full renderer a learning problem. Verification sets keep the full renderer.
 """
 import json
 import multiprocessing
@@ -54,6 +62,10 @@ NUISANCE = {
 }
 EVAL_SETS = ("synth_lfw", "synth_cfp_fp", "synth_agedb_30")
 DEFAULTS = dict(num_identities=400, images_per_identity=14, pairs_per_set=600, eval_identities=120)
+RENDERERS = ("full", "cheap")
+CHEAP_BASE_FACES = 1024  # base faces of the cheap renderer (identities share one in groups)
+CHEAP_NUISANCE = dict(rotate=10.0, scale=0.06, shift=3.0, light=0.3, noise=5.0)
+_CHEAP_SET_ID = 8  # random streams of the cheap renderer: (seed, 8, kind, ...), apart from the full renderer's
 GENERATOR_VERSION = 5  # bump when the rendering changes, so cached datasets are regenerated
 _SET_IDS = {"train": 0, "synth_lfw": 1, "synth_cfp_fp": 2, "synth_agedb_30": 3}
 
@@ -302,6 +314,94 @@ def _render_all(items, seed, quality, workers, desc):
     return results
 
 
+# ------------------------------------------------------------------------------- cheap renderer
+def _cheap_base(code, seed, base):
+    """Base face ``base`` at 112×112: (BGR float32 face, float32 mask), canonical pose, no nuisance."""
+    params = _identity_params(np.asarray(code), [seed, _CHEAP_SET_ID, 0, base])
+    rng = np.random.default_rng([seed, _CHEAP_SET_ID, 1, base])
+    face, mask = _draw_face(params, rng, {"drift": 0.0, "age": 0.0}, 0.0)
+    return cv2.pyrDown(face), cv2.pyrDown(mask)
+
+
+def _cheap_identity(face, seed, ident):
+    """Identity ``ident``'s face: its base face with its own colour tint and three skin marks."""
+    rng = np.random.default_rng([seed, _CHEAP_SET_ID, 2, ident])
+    face = np.ascontiguousarray(face * rng.uniform(0.75, 1.25, 3).astype(np.float32))
+    c = IMAGE_SIZE / 2.0
+    for _ in range(3):
+        centre = (c + rng.uniform(-20, 20), c + 3 + rng.uniform(-22, 22))
+        axes = rng.uniform(1.5, 6.0, 2)
+        colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        _ellipse(face, centre, axes, colour, float(rng.uniform(0, 180)))
+    return face
+
+
+def _cheap_image(face, mask, rng, noise_bank):
+    """One cheap training image (RGB uint8 112×112) of a prepared identity face."""
+    nz = CHEAP_NUISANCE
+    c = IMAGE_SIZE / 2.0
+    m = cv2.getRotationMatrix2D((c, c), rng.uniform(-nz["rotate"], nz["rotate"]),
+                                1 + rng.uniform(-nz["scale"], nz["scale"]))
+    m[:, 2] += rng.uniform(-nz["shift"], nz["shift"], 2)
+    face = cv2.warpAffine(face, m, (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_LINEAR)
+    alpha = cv2.warpAffine(mask, m, (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_LINEAR)
+    c0, c1 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
+    ramp = _XX[::2, ::2] / np.float32(_S) if rng.random() < 0.5 else _YY[::2, ::2] / np.float32(_S)
+    background = cv2.merge([c0[k] + (c1[k] - c0[k]) * ramp for k in range(3)])
+    img = cv2.blendLinear(face, background, alpha, 1.0 - alpha)
+    gain = rng.uniform(1 - nz["light"], 1 + nz["light"]) * rng.uniform(0.9, 1.1, 3)
+    oy, ox = (int(v) for v in rng.integers(0, noise_bank.shape[0] - IMAGE_SIZE, 2))
+    sigma = np.float32(rng.uniform(0, nz["noise"]))
+    img = cv2.scaleAdd(noise_bank[oy:oy + IMAGE_SIZE, ox:ox + IMAGE_SIZE], float(sigma),
+                       cv2.multiply(img, tuple(float(g) for g in gain) + (0.0,)))
+    return np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8)[..., ::-1])  # BGR -> RGB
+
+
+def _cheap_job(job):
+    """Worker: identities ``[start, end)`` of the cheap renderer -> list of (identity, JPEG bytes)."""
+    seed, quality, start, end, per_identity, group, base_codes = job
+    cv2.setNumThreads(1)
+    noise_bank = np.random.default_rng([seed, _CHEAP_SET_ID, 3]).standard_normal(
+        (IMAGE_SIZE + 48, IMAGE_SIZE + 48, 3), dtype=np.float32)
+    bases, out = {}, []
+    for ident in range(start, end):
+        base = ident // group
+        if base not in bases:
+            bases[base] = _cheap_base(base_codes[base - start // group], seed, base)
+        face, mask = bases[base]
+        identity_face = _cheap_identity(face, seed, ident)
+        for j in range(per_identity):
+            rng = np.random.default_rng([seed, _CHEAP_SET_ID, 4, ident, j])
+            out.append((ident, _encode_jpeg(_cheap_image(identity_face, mask, rng, noise_bank), quality)))
+    return out
+
+
+def _write_cheap_train(writer, base_codes, num_identities, per_identity, seed, quality, workers):
+    """Render the training identities with the cheap renderer straight into ``writer`` (streamed, in order)."""
+    from tqdm import tqdm
+    group = -(-num_identities // len(base_codes))  # identities per base face
+    chunk = max(group, 256 // group * group)  # whole groups per job: each job draws its base faces once
+    jobs = []
+    for start in range(0, num_identities, chunk):
+        end = min(start + chunk, num_identities)
+        codes = base_codes[start // group:(end - 1) // group + 1].tolist()
+        jobs.append((seed, quality, start, end, per_identity, group, codes))
+    with tqdm(total=num_identities * per_identity, desc="synthetic train (cheap)", unit="img", leave=False,
+              disable=None) as bar:
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for part in pool.imap(_cheap_job, jobs):
+                    for ident, buf in part:
+                        writer.add(ident, buf)
+                    bar.update(len(part))
+        else:
+            for job in jobs:
+                part = _cheap_job(job)
+                for ident, buf in part:
+                    writer.add(ident, buf)
+                bar.update(len(part))
+
+
 def _pairs_plan(set_name, codes, pairs, seed):
     """Pairs for one set: 10 folds, each half same / half different (as LFW); returns items and issame."""
     rng = np.random.default_rng([seed, _SET_IDS[set_name], 1234])
@@ -328,42 +428,55 @@ def _pairs_plan(set_name, codes, pairs, seed):
 def generate_dataset(out_dir, num_identities=DEFAULTS["num_identities"],
                      images_per_identity=DEFAULTS["images_per_identity"], pairs_per_set=DEFAULTS["pairs_per_set"],
                      seed=0, eval_identities=DEFAULTS["eval_identities"], workers=None, quality=90,
-                     sets=EVAL_SETS):
+                     sets=EVAL_SETS, renderer="full", base_faces=CHEAP_BASE_FACES):
     """Write a synthetic dataset into ``out_dir``; returns a summary dict (also saved as ``synthetic.json``).
 
     Files: ``train.rec``/``train.idx``/``property`` (MS1MV2 layout, ``num_identities`` x ``images_per_identity``
     JPEG images) and one ``<set>.bin`` per name in ``sets`` (``pairs_per_set`` pairs, a multiple of 20: ten
     folds each half same / half different), drawn from ``eval_identities`` identities per set that are not
     in the training set. Deterministic from ``seed``; ``workers`` processes render (default: CPU count).
+    ``renderer``: ``full`` (every image drawn under the full nuisance) or ``cheap`` (see the module docstring;
+    ``base_faces`` base faces shared by the identities, for class counts such as MS1MV2's 85,742, where the
+    pairwise-distinct trait codes of the full renderer would also take long to draw).
     """
     if num_identities < 2 or images_per_identity < 2:
         raise ValueError("need at least 2 identities with 2 images each")
     if pairs_per_set <= 0 or pairs_per_set % 20:
         raise ValueError(f"pairs_per_set must be a positive multiple of 20 (10 balanced folds), got {pairs_per_set}")
+    if renderer not in RENDERERS:
+        raise ValueError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
     unknown = [s for s in sets if s not in NUISANCE or s == "train"]
     if unknown:
         raise ValueError(f"unknown synthetic sets {unknown}; choose from {list(EVAL_SETS)}")
     workers = workers or min(os.cpu_count() or 1, 8)
     start = time.time()
     os.makedirs(out_dir, exist_ok=True)
-    codes = make_identity_codes(num_identities + eval_identities * len(sets), seed)
-    train_codes = codes[:num_identities]
-    items = [("train", i, j, train_codes[i].tolist()) for i in range(num_identities)
-             for j in range(images_per_identity)]
-    encoded = _render_all(items, seed, quality, workers, "synthetic train")
-    writer = MS1MV2Writer(out_dir, len(items), num_identities)
-    for (_, ident, _, _), buf in zip(items, encoded):
-        writer.add(ident, buf)
+    num_images = num_identities * images_per_identity
+    train_count = num_identities if renderer == "full" else min(int(base_faces), num_identities)
+    codes = make_identity_codes(train_count + eval_identities * len(sets), seed)
+    num_identities_codes = train_count
+    writer = MS1MV2Writer(out_dir, num_images, num_identities)
+    if renderer == "full":
+        items = [("train", i, j, codes[i].tolist()) for i in range(num_identities)
+                 for j in range(images_per_identity)]
+        encoded = _render_all(items, seed, quality, workers, "synthetic train")
+        for (_, ident, _, _), buf in zip(items, encoded):
+            writer.add(ident, buf)
+    else:
+        _write_cheap_train(writer, codes[:train_count], num_identities, images_per_identity, seed, quality,
+                           workers)
     writer.close()
     for k, name in enumerate(sets):
-        pool = codes[num_identities + k * eval_identities:num_identities + (k + 1) * eval_identities]
+        pool = codes[num_identities_codes + k * eval_identities:num_identities_codes + (k + 1) * eval_identities]
         pair_items, issame = _pairs_plan(name, pool, pairs_per_set, seed)
         encoded = _render_all(pair_items, seed, quality, workers, name)
         write_bin(os.path.join(out_dir, name + ".bin"), encoded, issame)
     summary = dict(version=GENERATOR_VERSION, seed=seed, num_identities=num_identities,
                    images_per_identity=images_per_identity,
-                   num_images=len(items), pairs_per_set=pairs_per_set, eval_identities=eval_identities,
+                   num_images=num_images, pairs_per_set=pairs_per_set, eval_identities=eval_identities,
                    sets=list(sets), quality=quality, seconds=round(time.time() - start, 1))
+    if renderer != "full":
+        summary.update(renderer=renderer, base_faces=train_count)
     with open(os.path.join(out_dir, "synthetic.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary

@@ -3,7 +3,8 @@
 :mod:`deploy.lower` builds a :class:`DeployGraph` from a trained network; :meth:`DeployGraph.to_symbol` and
 :meth:`DeployGraph.to_onnx` write it for MXNet and for ONNX runtimes. Both backends map the graph's primitive
 operators one to one; the forms a runtime prefers (PReLU as depthwise convolutions, say) are rewrites of the
-graph itself (:func:`prelu_as_depthwise`), so both backends run the same graph.
+graph itself (:func:`prelu_as_depthwise`), so both backends run the same graph. :data:`RUNTIME_FORMS` says which
+form each runtime's converter fuses into one layer.
 """
 import numpy as np
 
@@ -13,6 +14,15 @@ OPS = ("input", "normalize", "conv", "sigmoid", "relu", "mul", "add", "prelu", "
 # Names of the input normalisation's two operators in both backends: InsightFace's tools (ArcFaceONNX) read a
 # model whose first nodes are named so as normalising its own input (raw RGB 0–255 in, mean 0 / std 1).
 NORMALIZE_NAMES = ("_minusscalar0", "_mulscalar0")
+# How PReLU is written to ONNX: "depthwise" (prelu_as_depthwise: ONNX Runtime and oneDNN fuse it into their blocked
+# convolutions) or "native" (a PRelu node with slopes (1, C, 1, 1): one PReLU layer in ncnn, MNN and OpenVINO).
+PRELU_FORMS = ("depthwise", "native")
+# The ONNX form each runtime's converter turns into its fused layers. Swish is always Mul(x, Sigmoid(x)) with x
+# first (pnnx fuses only that order into ncnn's Swish; MNN's converter fuses either into its SiLU), the SE block
+# always 4-D (GlobalAveragePool, 1x1 Conv, PRelu, 1x1 Conv, Sigmoid, Mul): MNN lowers a Flatten/Gemm form into
+# dynamic-shape operators, and ncnn's converter already keeps the pooled vector 1-D through the 1x1 convolutions.
+RUNTIME_FORMS = {"onnxruntime": {"prelu": "depthwise"}, "ncnn": {"prelu": "native"}, "mnn": {"prelu": "native"},
+                 "openvino": {"prelu": "native"}}
 
 
 class DeployGraph:
@@ -165,16 +175,20 @@ class DeployGraph:
             sym[name] = out
         return mx.sym.identity(sym[graph.output], name="embedding"), arg_params, {}
 
-    def to_onnx(self, opset=13, dynamic_batch=True, input_size=(112, 112)):
+    def to_onnx(self, opset=13, dynamic_batch=True, input_size=(112, 112), prelu="depthwise"):
         """ONNX ModelProto: input ``data`` (N, 3, H, W) float32 RGB 0–255, output ``embedding`` (N, D); N symbolic
         when ``dynamic_batch``. The normalisation comes first, as ``Sub`` and ``Mul`` nodes named
-        :data:`NORMALIZE_NAMES`. PReLU is written as in :func:`prelu_as_depthwise`."""
+        :data:`NORMALIZE_NAMES`. ``prelu`` (:data:`PRELU_FORMS`): ``depthwise`` writes PReLU as in
+        :func:`prelu_as_depthwise`, ``native`` as ``PRelu`` nodes with (1, C, 1, 1) slopes."""
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
-        graph = prelu_as_depthwise(self)
+        if prelu not in PRELU_FORMS:
+            raise ValueError(f"prelu form {prelu!r}: valid forms are {', '.join(PRELU_FORMS)}")
+        graph = prelu_as_depthwise(self) if prelu == "depthwise" else self
         nodes = []
-        inits = [numpy_helper.from_array(value, key) for key, value in graph.params.items()]
+        inits = [numpy_helper.from_array(value.reshape(1, -1, 1, 1) if key.endswith("_alpha") else value, key)
+                 for key, value in graph.params.items()]
         simple = {"sigmoid": "Sigmoid", "relu": "Relu", "mul": "Mul", "add": "Add", "gap": "GlobalAveragePool"}
         for node in graph.nodes[1:]:
             name, op, xs = node["name"], node["op"], list(node["inputs"])
@@ -194,6 +208,8 @@ class DeployGraph:
                                               group=node["groups"], name=name))
             elif op in simple:
                 nodes.append(helper.make_node(simple[op], xs, [name], name=name))
+            elif op == "prelu":
+                nodes.append(helper.make_node("PRelu", xs + [name + "_alpha"], [name], name=name))
             elif op == "maxpool2":
                 nodes.append(helper.make_node("MaxPool", xs, [name], kernel_shape=[2, 2], strides=[2, 2],
                                               name=name))

@@ -1,10 +1,12 @@
-"""How a command runs in this process: CPU threads, glibc's malloc for CPU training, and errors as one line.
+"""How a command runs in this process: CPU threads (and how many other processes leave free), glibc's malloc for
+CPU training, and errors as one line.
 
 Commands call :func:`use_all_cores` before ``import mxnet`` and hand their ``main`` to :func:`run_cli`;
 importing this module changes nothing.
 """
 import os
 import sys
+import time
 
 USER_ERRORS = (ValueError, OSError, KeyError, RuntimeError)
 
@@ -30,11 +32,16 @@ def run_cli(main, argv=None):
     sys.exit(code or 0)
 
 
+_USER_THREADS = []  # whether OMP_NUM_THREADS came from the user (recorded by use_all_cores)
+
+
 def use_all_cores():
     """Let MXNet's CPU kernels and engine use every core (call before ``import mxnet``; values already set win).
 
     Without ``OMP_NUM_THREADS`` and ``MXNET_CPU_WORKER_NTHREADS`` MXNet 1.9.1 computes on one core.
     """
+    if not _USER_THREADS:
+        _USER_THREADS.append("OMP_NUM_THREADS" in os.environ)
     cores = str(os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", cores)
     os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", cores)
@@ -69,3 +76,41 @@ def tune_malloc():
     if not all(mallopt(codes[key], value) == 1 for key, value in MALLOC_SETTINGS.items()):
         return None
     return dict(MALLOC_SETTINGS)
+
+
+def threads_chosen_by_user():
+    """True when ``OMP_NUM_THREADS`` was set before :func:`use_all_cores` ran (the user fixed the thread count)."""
+    return bool(_USER_THREADS and _USER_THREADS[0])
+
+
+def cpu_sample():
+    """``(seconds, busy ticks of every CPU excluding niced time, this process's ticks)``: two samples give the
+    cores other, not niced, processes kept busy in between (:func:`cores_used_by_others`)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    own = int(fields[11]) + int(fields[12])  # utime + stime of every thread
+    busy = user + system + irq + softirq + steal + (nice if os.getpriority(os.PRIO_PROCESS, 0) > 0 else 0)
+    return time.monotonic(), busy, own
+
+
+def cores_used_by_others(before, after):
+    """Cores that processes other than this one (niced ones excepted: they yield) kept busy between two
+    :func:`cpu_sample` readings."""
+    seconds = after[0] - before[0]
+    if seconds <= 0:
+        return 0.0
+    ticks = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0.0, ticks / (seconds * os.sysconf("SC_CLK_TCK")))
+
+
+def set_cpu_threads(count):
+    """Compute on ``count`` threads from now on: MXNet's own kernels and the OpenMP regions this thread starts
+    (oneDNN, the fused operators)."""
+    import ctypes
+
+    import mxnet as mx
+
+    mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(int(count)))
+    ctypes.CDLL("libgomp.so.1").omp_set_num_threads(ctypes.c_int(int(count)))

@@ -2,7 +2,8 @@
 
 Every callback may implement ``on_train_begin(state)``, ``on_batch_end(state, batch)`` (``batch``: dict
 with loss, accuracy, lr, samples) and ``on_epoch_end(state, metrics)`` / ``on_eval(state, metrics)``
-(``metrics``: the dict returned by ``train_one_epoch``/``evaluate``, which a callback may extend).
+(``metrics``: the dict returned by ``train_one_epoch``/``evaluate``, which a callback may extend), and
+``on_stop(state, metrics)`` in place of ``on_epoch_end`` when ``--max-steps`` stops the run inside an epoch.
 ``state`` is the :class:`recipes.loop.TrainState` of the run.
 """
 import csv
@@ -11,6 +12,8 @@ import os
 import time
 
 import numpy as np
+
+from .checkpoint import describe_entry
 
 
 class Callback:
@@ -26,6 +29,9 @@ class Callback:
         pass
 
     def on_epoch_end(self, state, metrics):
+        pass
+
+    def on_stop(self, state, metrics):
         pass
 
     def on_train_end(self, state):
@@ -62,12 +68,13 @@ class SpeedLogger(Callback):
         self.losses.append(batch["loss"])
         self.accuracies.append(batch["accuracy"])
         self.run_steps += 1
-        if state.batch % self.log_interval != 0 and state.batch != state.iters_per_epoch:
+        if (state.batch % self.log_interval != 0 and state.batch != state.iters_per_epoch
+                and state.step != state.max_steps):
             return
         elapsed = time.perf_counter() - self.tic
         speed = self.samples / max(elapsed, 1e-9)
         per_step = (time.perf_counter() - self.run_tic) / max(self.run_steps, 1)
-        remaining = state.total_steps - state.step
+        remaining = state.last_step - state.step
         loss, acc = float(np.mean(self.losses)), float(np.mean(self.accuracies))
         state.log(f"Epoch[{state.epoch + 1}/{state.cfg['num_epochs']}] Batch[{state.batch}/{state.iters_per_epoch}] "
                   f"step {state.step}  {speed:.1f} samples/s  loss {loss:.4f}  acc {acc:.4f}  "
@@ -185,7 +192,8 @@ def plot_curves(path, loss_csv, metrics_csv, loss_name="softmax"):
 
 
 class CheckpointSaver(Callback):
-    """At each epoch end (rank 0): export the embedding network, save the training state, keep last and best."""
+    """At each epoch end (rank 0): export the embedding network, save the training state, keep last and best;
+    the same at the step where ``--max-steps`` stops a run inside an epoch (a step checkpoint)."""
 
     def __init__(self, manager):
         self.manager = manager
@@ -199,8 +207,22 @@ class CheckpointSaver(Callback):
         metrics["checkpoint"] = pointer["last"]
         best = pointer["best"]
         state.log(f"checkpoint epoch {state.epoch + 1}: {self.manager.params_path(state.epoch + 1)}, training state "
-                  f"{self.manager.state_path(state.epoch + 1)} (best: epoch {best['epoch']}, mean accuracy "
+                  f"{self.manager.state_path(state.epoch + 1)} (best: {describe_entry(best)}, mean accuracy "
                   f"{best['accuracy']}; training states are kept for the last and the best epoch)")
+
+    def on_stop(self, state, metrics):
+        if not state.is_main:
+            return
+        tic = time.perf_counter()
+        pointer = self.manager.save_step(state.epoch, state.batch, state.step, state.backbone, state.head,
+                                         state.trainer, state.checkpoint_meta(), state.contexts[0],
+                                         accuracy=metrics.get("mean_accuracy"))
+        seconds = time.perf_counter() - tic
+        metrics["checkpoint"] = pointer["last"]
+        state_path, params_path = self.manager.step_state_path(state.step), self.manager.step_params_path(state.step)
+        state.log(f"checkpoint at step {state.step} (epoch {state.epoch + 1}, batch {state.batch}/"
+                  f"{state.iters_per_epoch}): {params_path} ({os.path.getsize(params_path) / 1e6:.1f} MB), training "
+                  f"state {state_path} ({os.path.getsize(state_path) / 1e6:.1f} MB), written in {seconds:.1f} s")
 
 
 def standard_callbacks(cfg, set_names, manager):

@@ -8,7 +8,8 @@ Resolution order (later wins):
 4. the file given with ``--config`` (yaml; flat keys, or keys nested under group names);
 5. options given explicitly on the command line.
 
-When resuming, the checkpoint's saved settings take the place of 1–3. The resolved settings are an
+When resuming, the checkpoint's saved settings take the place of 1–3 (except ``max_steps``, which each run
+sets for itself). The resolved settings are an
 ``EasyDict`` (``cfg.lr`` and ``cfg["lr"]`` alike, as InsightFace's configs read), written to
 ``<output_dir>/config.yaml``, which ``--config`` accepts to repeat a run.
 """
@@ -70,6 +71,11 @@ OPTIONS = {
     "lr_factor": ("optimiser", 0.1, "lr step factor"),
     "warmup_epochs": ("optimiser", 0.0, "linear lr warm-up from 0 over these epochs (iteration based)"),
     "seed": ("optimiser", 0, "random seed (initialisation, data order, flips)"),
+    "max_steps": ("optimiser", 0, "stop after N optimizer steps counted from the start of training (a resumed "
+                                  "run counts the steps already done) with a checkpoint at that step, "
+                                  "verification and the summary; --resume continues from it at the exact batch. "
+                                  "The lr schedule still follows --num-epochs. Not inherited by a resumed run "
+                                  "(0 = off)"),
     # devices
     "gpus": ("devices", "", "GPU ids, e.g. 0,1 (data parallel); empty: CPU"),
     "cpu_devices": ("devices", 1, "CPU contexts to split each step over (testing data parallelism on CPU)"),
@@ -99,7 +105,9 @@ OPTIONS = {
 GROUPS = ("data", "model", "loss", "optimiser", "devices", "evaluation", "output")
 DEFAULTS = {key: spec[1] for key, spec in OPTIONS.items()}
 _TYPES = {"batch_size": int, "num_workers": int, "emb_size": int, "num_epochs": int, "seed": int,
-          "cpu_devices": int, "eval_interval": int, "eval_batch_size": int, "log_interval": int}
+          "cpu_devices": int, "eval_interval": int, "eval_batch_size": int, "log_interval": int, "max_steps": int}
+# run control that a resumed run does not take over from its checkpoint's settings
+NOT_RESUMED = ("max_steps",)
 _CHOICES = {"loss": LOSSES, "kvstore": KVSTORES, "hybridize": HYBRIDIZE, "act": ("prelu", "swish"),
             "fused_ops": ("auto", "on", "off"),
             "eval_backend": EVAL_BACKENDS}
@@ -221,6 +229,7 @@ def resolve(cli=None, base=None):
     user = load_yaml(user_file) if user_file else {}
     explicit = dict(user, **cli)
     if base is not None:
+        base = {k: v for k, v in base.items() if k not in NOT_RESUMED}
         layers = [("checkpoint", dict(DEFAULTS, **base))]
     else:
         network = explicit.get("network", DEFAULTS["network"])
@@ -257,6 +266,8 @@ def validate(cfg):
     for key in positive:
         if cfg[key] <= 0:
             raise ValueError(f"{key} must be positive, got {cfg[key]}")
+    if cfg["max_steps"] < 0:
+        raise ValueError(f"max_steps must be >= 0 (0 = off), got {cfg['max_steps']}")
     if cfg["lr"] <= 0:
         raise ValueError(f"lr must be positive, got {cfg['lr']}")
     if cfg["warmup_epochs"] < 0 or cfg["softmax_warmup_epochs"] < 0 or cfg["margin_warmup_epochs"] < 0:

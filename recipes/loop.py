@@ -34,6 +34,9 @@ class TrainState:
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self.data_dir = data_dir
         self.epoch, self.batch, self.step = 0, 0, 0
+        # --max-steps: the step at which the run stops with a checkpoint (None: runs all epochs)
+        self.max_steps = int(cfg.get("max_steps") or 0) or None
+        self.stopped = False  # set when the run stopped at --max-steps
         self.lr = cfg["lr"]
         self.start_time = time.time()
         self.callbacks = []
@@ -48,6 +51,11 @@ class TrainState:
         if self.num_workers > 1:
             message = f"[rank {self.rank}] {message}"
         self.logger.info(message)
+
+    @property
+    def last_step(self):
+        """The step at which this run will end: the schedule's last, or ``--max-steps`` when that is earlier."""
+        return self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
 
     def elapsed(self):
         return time.time() - self.start_time
@@ -131,20 +139,58 @@ def train_step(state, data, label, loss_fn):
     return loss_value, accuracy, samples
 
 
-def train_one_epoch(state, loader, loss_fn):
-    """Run epoch ``state.epoch`` (all its batches); returns ``{'loss', 'accuracy', 'samples_per_sec', ...}``."""
+class _SkippedBatches:
+    """A batch sampler without its first ``skip`` batches (for the data loader of a resumed epoch)."""
+
+    def __init__(self, sampler, skip):
+        self.sampler, self.skip = sampler, int(skip)
+
+    def __iter__(self):
+        batches = iter(self.sampler)
+        for _ in range(self.skip):
+            next(batches)
+        return batches
+
+    def __len__(self):
+        return len(self.sampler) - self.skip
+
+
+def epoch_batches(loader, epoch, start_batch=0):
+    """Iterate ``loader`` over epoch ``epoch``'s batches from ``start_batch`` on: the same indices, in the same
+    order, as the batches ``start_batch..`` of an uninterrupted epoch; the skipped ones are not decoded."""
+    sampler = loader.batch_sampler
+    sampler.set_epoch(epoch)
+    if not start_batch:
+        yield from loader
+        return
+    if not 0 < start_batch < len(sampler):
+        raise ValueError(f"cannot start epoch {epoch + 1} at batch {start_batch}: it has {len(sampler)} batches")
+    loader._batch_sampler = _SkippedBatches(sampler, start_batch)  # gluon's DataLoader iterates this attribute
+    try:
+        yield from loader
+    finally:
+        loader._batch_sampler = sampler
+
+
+def train_one_epoch(state, loader, loss_fn, start_batch=0):
+    """Run epoch ``state.epoch`` from batch ``start_batch`` (0: all its batches; more: continue a resumed epoch
+    exactly, with the data order, flips and schedule of an uninterrupted run) until its end or ``--max-steps``
+    (then ``state.stopped``); returns ``{'loss', 'accuracy', 'samples_per_sec', 'seconds', 'steps'}`` of the
+    batches run."""
     cfg = state.cfg
     seed = epoch_seed(cfg["seed"], state.epoch, state.rank)
     mx.random.seed(seed)
     rng = np.random.RandomState(seed)
-    loader.batch_sampler.set_epoch(state.epoch)
+    batch_per_worker = state.global_batch // state.num_workers
+    if cfg["mirror"]:  # the flips of the skipped batches: the same draws an uninterrupted epoch made
+        for _ in range(start_batch):
+            rng.random_sample(batch_per_worker)
     losses, accuracies, seen = [], [], 0
     tic = time.perf_counter()
-    state.batch = 0
-    for data, label in loader:
-        if data.shape[0] != state.global_batch // state.num_workers:
-            raise ValueError(f"the loader gave a batch of {data.shape[0]}, expected "
-                             f"{state.global_batch // state.num_workers}")
+    state.batch = start_batch
+    for data, label in epoch_batches(loader, state.epoch, start_batch):
+        if data.shape[0] != batch_per_worker:
+            raise ValueError(f"the loader gave a batch of {data.shape[0]}, expected {batch_per_worker}")
         labels_np = label.asnumpy()
         if labels_np.min() < 0 or labels_np.max() >= state.num_classes:
             raise ValueError(f"label {labels_np.max():.0f} outside [0, {state.num_classes}): train.rec and the "
@@ -168,10 +214,13 @@ def train_one_epoch(state, loader, loss_fn):
             metrics = evaluate(state)
             metrics["train"] = {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies))}
             state.fire("on_eval", metrics)
+        if state.max_steps is not None and state.step >= state.max_steps:
+            state.stopped = True
+            break
     seconds = time.perf_counter() - tic
     return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies)),
             "samples_per_sec": seen * state.num_workers / max(seconds, 1e-9), "seconds": seconds,
-            "steps": state.batch}
+            "steps": state.batch - start_batch}
 
 
 def evaluate(state):

@@ -26,6 +26,7 @@ from recipes import callbacks as cb  # noqa: E402
 from recipes import checkpoint as ckpt  # noqa: E402
 from recipes import config as config_mod  # noqa: E402
 from recipes import setup  # noqa: E402
+from recipes.cpu_share import CpuShare, shares_cpu  # noqa: E402
 from recipes.distributed import broadcast_initial_parameters, setup_devices  # noqa: E402
 from recipes.loop import TrainState, evaluate, train_one_epoch  # noqa: E402
 from recipes.verifier import Verifier  # noqa: E402
@@ -52,11 +53,23 @@ def run(cli, extra_callbacks=()):
                        devices.rank, devices.num_workers, logger, data.data_dir, amp=amp, horovod=devices.horovod)
     broadcast_initial_parameters(devices, trainer, backbone, head)
     manager = ckpt.CheckpointManager(cfg["output_dir"], cfg["prefix"])
-    start_epoch = setup.restore(state, resume_path, cfg["output_dir"]) if resume_path else 0
+    start_epoch, start_batch = 0, 0
+    if resume_path:
+        sampling = ckpt.sampling_state(head)
+        start_epoch = setup.restore(state, resume_path, cfg["output_dir"])
+        start_batch = int(resume_meta.get("batch", 0))  # > 0: a step checkpoint inside epoch start_epoch
+        if start_batch:
+            state.log(f"continuing epoch {start_epoch + 1} at batch {start_batch + 1}/{data.iters_per_epoch} "
+                      "(the batches before it are skipped undecoded, their flips replayed)")
+        if devices.num_workers > 1:  # the file holds rank 0's class-sampling stream: each worker keeps its own
+            ckpt.set_sampling_state(head, sampling)
+    check_max_steps(state)
 
     sets = setup.load_eval_sets(cfg, data.data_dir, devices.rank)
     state.verifier = Verifier(cfg, sets, devices.contexts[0]) if sets else None
     state.callbacks = cb.standard_callbacks(cfg, list(sets), manager) + list(extra_callbacks)
+    if shares_cpu(devices):
+        state.callbacks.append(CpuShare())
     describe(state, data, devices, sets)
 
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -64,14 +77,25 @@ def run(cli, extra_callbacks=()):
     last = {}
     for epoch in range(start_epoch, cfg["num_epochs"]):
         state.epoch = epoch
-        train_metrics = train_one_epoch(state, data.loader, loss_fn)
-        state.log(f"Epoch[{epoch + 1}] done: loss {train_metrics['loss']:.4f}  acc {train_metrics['accuracy']:.4f}  "
+        train_metrics = train_one_epoch(state, data.loader, loss_fn, start_batch if epoch == start_epoch else 0)
+        epoch_done = state.batch == state.iters_per_epoch
+        what = "done" if epoch_done else f"stopped at batch {state.batch}/{state.iters_per_epoch}, --max-steps"
+        state.log(f"Epoch[{epoch + 1}] {what}: loss {train_metrics['loss']:.4f}  acc {train_metrics['accuracy']:.4f}  "
                   f"{train_metrics['samples_per_sec']:.1f} samples/s  {train_metrics['seconds']:.0f} s")
         last = dict(evaluate(state), train=train_metrics)
         state.fire("on_eval", last)
-        state.fire("on_epoch_end", last)
+        state.fire("on_epoch_end" if epoch_done else "on_stop", last)
+        if state.stopped:
+            break
     state.fire("on_train_end")
     return summarize(state, manager, last, time.time() - start)
+
+
+def check_max_steps(state):
+    """``--max-steps`` must lie ahead of the step the run starts at."""
+    if state.max_steps is not None and state.max_steps <= state.step:
+        raise ValueError(f"--max-steps {state.max_steps}: the checkpoint is already at step {state.step}; give a "
+                         "later step (or 0 to train to the end)")
 
 
 def describe(state, data, devices, sets):
@@ -82,6 +106,9 @@ def describe(state, data, devices, sets):
               f"{len(data.dataset)} images, {data.iters_per_epoch} steps/epoch of {state.global_batch} "
               f"({cfg['batch_size']} x {len(devices.contexts)} device(s) x {devices.num_workers} worker(s)), "
               f"{cfg['num_epochs']} epochs, loss {cfg['loss']}, devices {devices.contexts}, engine {devices.engine}")
+    if state.max_steps is not None and state.max_steps < state.total_steps:
+        state.log(f"--max-steps {state.max_steps}: stopping at step {state.max_steps} of {state.total_steps} "
+                  f"(epoch {state.max_steps / state.iters_per_epoch:.2f} of {cfg['num_epochs']}) with a checkpoint")
     if state.is_main and sets:
         state.log(f"verification sets: {', '.join(f'{n} ({len(s[1])} pairs)' for n, s in sets.items())}")
 
@@ -94,24 +121,42 @@ def summarize(state, manager, last, seconds):
                "metrics": os.path.join(out, "metrics.csv"), "curves": os.path.join(out, "curves.png"),
                "seconds": round(seconds, 1), "final": last.get("sets", {}),
                "mean_accuracy": last.get("mean_accuracy"), "last": pointer.get("last"), "best": pointer.get("best"),
-               "prefix": manager.prefix, "data_dir": state.data_dir}
+               "prefix": manager.prefix, "data_dir": state.data_dir, "step": state.step,
+               "stopped_at_max_steps": state.stopped, "peak_memory_gb": peak_memory_gb()}
     if not state.is_main:
         return summary
     state.log("=" * 78)
-    state.log(f"done in {cb.format_seconds(seconds)} ({state.step} steps)")
+    stop = (f", stopped by --max-steps in epoch {state.epoch + 1} at batch {state.batch}/{state.iters_per_epoch}"
+            if state.stopped and state.batch < state.iters_per_epoch else "")
+    memory = f", peak memory {summary['peak_memory_gb']:.2f} GB" if summary["peak_memory_gb"] else ""
+    state.log(f"done in {cb.format_seconds(seconds)} ({state.step} steps{stop}{memory})")
     for name, result in summary["final"].items():
         state.log(f"  final {name}: {result['accuracy'] * 100:.2f}% ± {result['accuracy_std'] * 100:.2f}")
     if pointer.get("last"):
-        last_epoch, best = pointer["last"]["epoch"], pointer["best"]
-        state.log(f"  embedding network: {manager.prefix}-symbol.json + {manager.prefix}-{last_epoch:04d}.params "
-                  f"(mx.model.load_checkpoint('{manager.prefix}', {last_epoch}))")
-        state.log(f"  best: epoch {best['epoch']} (mean accuracy {best['accuracy']})")
-        state.log(f"  resume: python recipes/train.py --output-dir {out} --resume")
-        state.log(f"  evaluate: python eval/verification.py --model {manager.prefix},{last_epoch} "
+        emb_prefix, number = ckpt.embedding_of(pointer["last"], manager.prefix)
+        best = pointer["best"]
+        state.log(f"  embedding network: {emb_prefix}-symbol.json + {emb_prefix}-{number:04d}.params "
+                  f"(mx.model.load_checkpoint('{emb_prefix}', {number}))")
+        state.log(f"  best: {ckpt.describe_entry(best)} (mean accuracy {best['accuracy']})")
+        state.log(f"  resume: python recipes/train.py --output-dir {out} --resume"
+                  + (" (continues at the exact batch)" if pointer["last"].get("batch") else ""))
+        state.log(f"  evaluate: python eval/verification.py --model {emb_prefix},{number} "
                   f"--data-dir {state.data_dir}")
     state.log(f"  settings {summary['config']}, log {summary['log']}, metrics {summary['metrics']}, "
               f"curves {summary['curves']}")
     return summary
+
+
+def peak_memory_gb():
+    """Peak resident memory of this process in GB (``VmHWM``), or None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
 
 
 def main(argv=None):

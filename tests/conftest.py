@@ -9,6 +9,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from deploy.process import use_all_cores  # noqa: E402  (before mxnet loads, as the commands do)
 
+# A fixed thread count (as a user's OMP_NUM_THREADS): runs compared bit for bit must not adapt their threads to
+# the machine's load (recipes.cpu_share), which changes floating-point reduction orders.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 use_all_cores()
 os.environ.setdefault("MXNET_CUDNN_AUTOTUNE_DEFAULT", "0")
 

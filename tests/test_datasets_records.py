@@ -71,7 +71,7 @@ def test_ms1mv2_layout_reads_every_label_and_pixel(tmp_path, array_labels):
         np.testing.assert_array_equal(img, images[i])
         data, label2 = ds[i]
         assert data.dtype == np.float32 and data.shape == (3, 112, 112) and label2 == labels[i]
-        np.testing.assert_array_equal(data, images[i].transpose(2, 0, 1))  # raw RGB 0-255
+        np.testing.assert_array_equal(data, images[i].transpose(2, 0, 1))  # raw: the networks normalise
 
 
 @pytest.mark.parametrize("array_labels,first_key", [(False, 0), (True, 0), (False, 1)])

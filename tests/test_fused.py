@@ -41,6 +41,20 @@ def test_swish_matches_sigmoid_times_x():
     _check(lambda a: mx.nd.seesaw_swish(a), lambda a: a * mx.nd.Activation(a, act_type="sigmoid"), [x], x.shape)
 
 
+def test_swish_stays_finite_far_below_zero():
+    """Built with -ffast-math, exp(-x) overflowing below x = -88.7 gave NaN (a BatchNorm gamma grown large by ArcFace
+    at s=64 reached it in training); the sigmoid's argument is clamped instead."""
+    x = np.linspace(-300, 20, 4 * 16 * 64, dtype=np.float32).reshape(4, 16, 8, 8)
+    out, dx = _grads(lambda a: mx.nd.seesaw_swish(a), [x], np.ones_like(x))
+    assert np.isfinite(out).all() and np.isfinite(dx).all()
+    far = x < -80
+    assert np.abs(out[far]).max() < 1e-30 and np.abs(dx[far]).max() < 1e-30
+    gamma, beta = mx.nd.full((16,), 500.0), mx.nd.zeros((16,))
+    y = mx.nd.seesaw_bn_swish(mx.nd.array(x), gamma, beta, mx.nd.zeros((16,)), mx.nd.ones((16,)), mx.nd.ones((1,)),
+                              eps=1e-5, momentum=0.9)[0].asnumpy()
+    assert np.isfinite(y).all()
+
+
 @pytest.mark.parametrize("shape", [(4, 6, 5, 5), (4, 6, 1, 1), (3, 5)])
 def test_prelu_matches_leakyrelu_including_slope_gradient(shape):
     rng = np.random.RandomState(1)

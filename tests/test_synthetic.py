@@ -87,3 +87,33 @@ def test_ensure_default_dataset_generates_once(tmp_path, monkeypatch):
 def test_bad_sizes():
     with pytest.raises(ValueError, match="multiple of 20"):
         synthetic.generate_dataset("/nonexistent", pairs_per_set=30)
+
+
+def test_cheap_renderer_writes_a_valid_ms1mv2_layout(tmp_path):
+    # the renderer of the MS1MV2-shape dataset (85,742 identities): base faces shared by groups of identities
+    out = str(tmp_path / "cheap")
+    summary = synthetic.generate_dataset(out, num_identities=23, images_per_identity=3, pairs_per_set=20,
+                                         eval_identities=4, workers=1, renderer="cheap", base_faces=5)
+    assert summary["num_images"] == 69 and summary["renderer"] == "cheap" and summary["base_faces"] == 5
+    ds = FaceRecordDataset(os.path.join(out, "train.rec"))
+    assert ds.layout == "ms1mv2" and len(ds) == 69 and ds.num_classes == 23
+    assert read_property(out) == (23, 112, 112)
+    assert np.bincount(ds.labels).tolist() == [3] * 23
+    images = [ds.read_image(i) for i in range(len(ds))]
+    assert all(img.shape == (112, 112, 3) and img.dtype == np.uint8 and img.std() > 10 for img, _ in images)
+    data, label = ds[5]
+    assert data.shape == (3, 112, 112) and label == 1
+    # identities sharing a base face (0 and 1: 5 identities per base) still differ; images of one identity vary
+    faces = np.stack([img.astype(np.float32) for img, _ in images]).reshape(23, 3, 112, 112, 3)
+    centre = faces[:, :, 36:76, 36:76]  # the face, little background
+    same = np.abs(centre[:, 0] - centre[:, 1]).mean()
+    assert same > 3
+    assert sorted(find_bins(out)) == ["synth_agedb_30", "synth_cfp_fp", "synth_lfw"]
+    again = str(tmp_path / "again")  # deterministic whatever the worker count
+    synthetic.generate_dataset(again, num_identities=23, images_per_identity=3, pairs_per_set=20,
+                               eval_identities=4, workers=2, renderer="cheap", base_faces=5)
+    for name in ("train.rec", "train.idx", "property", "synth_lfw.bin"):
+        with open(os.path.join(out, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
+            assert a.read() == b.read(), name
+    with pytest.raises(ValueError, match="renderer must be one of"):
+        synthetic.generate_dataset(out, renderer="fast")

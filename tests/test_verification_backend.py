@@ -131,13 +131,14 @@ def test_onnxruntime_backend_matches_mxnet(monkeypatch, pair_sets, network):
     net = _trained_like(cfg)
     assert _bn_statistics_are_not_defaults(net)
     captured = {}
-    original = eval_sets.extract_embeddings
+    original = eval_sets.embed_views
 
     def recording(model, *args, **kwargs):
-        captured[type(model).__name__] = original(model, *args, **kwargs)
-        return captured[type(model).__name__]
+        views = original(model, *args, **kwargs)
+        captured[type(model).__name__] = views[0] + views[1]
+        return views
 
-    monkeypatch.setattr(eval_sets, "extract_embeddings", recording)
+    monkeypatch.setattr(eval_sets, "embed_views", recording)
     results = {}
     for backend in ("onnxruntime", "mxnet"):
         logger, handler = _logger(backend)

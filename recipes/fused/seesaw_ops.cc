@@ -37,7 +37,9 @@ typedef std::unordered_map<std::string, std::string> Attrs;
 
 namespace {
 
-inline float sigmoidf(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+// The argument is clamped: built with -ffast-math (finite math only), exp(-v) overflowing to inf below v = -88.7
+// gives NaN in the vectorised loops instead of a sigmoid of 0; below -80 the sigmoid is < 2e-35 either way.
+inline float sigmoidf(float v) { return 1.0f / (1.0f + std::exp(-std::max(v, -80.0f))); }
 
 // (N, C, S) view of a tensor with at least two axes.
 struct Planes {

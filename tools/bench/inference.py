@@ -5,11 +5,15 @@
     python tools/bench/inference.py --model-dir seesaw_shuffle=export/ss/model   # weights of a checkpoint
     python tools/bench/inference.py --networks seesaw_shuffle,seesaw_shuffle:no_se,seesaw_shuffle:relu --modes onnxruntime
                                      # what the SE blocks and swish cost (rows that are not the network)
+    python tools/bench/inference.py --networks mobilefacenet,seesaw_shuffle --modes ncnn,mnn,onnxruntime,onnxruntime_int8 \
+        --threads 1,2 --no-memory    # the mobile runtimes with one and two threads (one child process per count)
 
 Modes: ``imperative`` (Gluon, not hybridized), ``hybrid`` (hybridized, static memory), ``fused``
 (hybridized with the oneDNN backend: conv+BN+activation fusion), ``deploy`` (the folded inference graph of
 :mod:`deploy.lower` run by MXNet with oneDNN), ``int8`` (oneDNN INT8 quantization, calibrated on random
-inputs — speed only), ``onnxruntime`` (the folded graph exported to ONNX, run by ONNX Runtime on the CPU).
+inputs — speed only), ``onnxruntime`` (the folded graph exported to ONNX, run by ONNX Runtime on the CPU),
+``onnxruntime_int8`` (its static INT8 quantization, calibrated on random inputs — speed only), ``ncnn`` and ``mnn``
+(the folded graph converted by pnnx / MNN's converter in the form each fuses, run by their Python bindings).
 
 For every network × mode: parameters and MAdds (``tools.flops``; for the folded graphs the MAdds the graph
 really performs), batch-1 latency (median over ``--runs`` calls after warm-up), batch-32 throughput
@@ -22,6 +26,8 @@ GFLOP/s (the best of ``mx.nd.dot``, ``numpy.dot`` and ONNX Runtime's MatMul on 2
 in the same run, before and after; the best is the denominator of the "% matmul" column. From the command
 line, the ONNX Runtime sessions share one thread pool (``deploy.onnx_runtime.share_onnx_threads``): with a pool
 per session, the threads of the session timed last spin on the cores while the next one runs.
+``--threads 1,2`` runs the whole benchmark once per thread count, each in a child process (MXNet's OpenMP and
+ONNX Runtime's shared pool are sized once per process); ratios are always within one run.
 Prints a table, writes JSON (``--json``).
 """
 import argparse
@@ -34,7 +40,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 
 if __name__ == "__main__" and "--threads" in sys.argv[:-1]:  # OpenMP reads this when MXNet loads
-    os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+    if sys.argv[sys.argv.index("--threads") + 1].isdigit():  # one count; a list runs one child per count
+        os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -146,7 +153,7 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
         for name in networks:
             if parse_network(name)[2] and mode not in GRAPH_MODES:
                 continue  # a folded-graph option (no_se): not measurable in this mode
-            entry = {"network": name, "mode": mode, "params": counts[name]["params"],
+            entry = {"network": name, "mode": mode, "threads": info["threads"], "params": counts[name]["params"],
                      "madds_source": counts[name]["madds"], "runners": {}, "layouts": {}, "t1": [], "tb": []}
             for batch_size in (1, batch):
                 start = time.time()
@@ -181,7 +188,8 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
         latency = float(np.median(e["t1"]))
         throughput = batch / float(np.median(e["tb"]))
         mem = memory_of(e["network"], e["mode"], batch, layout, model_dirs.get(e["network"])) if memory else float("nan")
-        rows.append({"network": e["network"], "mode": e["mode"], "params": e["params"], "madds": e["madds"],
+        rows.append({"network": e["network"], "mode": e["mode"], "threads": e["threads"], "params": e["params"],
+                     "madds": e["madds"],
                      "madds_batch": e["madds_batch"], "madds_source": e["madds_source"], "layouts": e["layouts"],
                      "latency_ms": 1e3 * latency,
                      "latency_p10_ms": 1e3 * float(np.percentile(e["t1"], 10)),
@@ -203,35 +211,54 @@ def run_benchmark(networks, modes, runs1=100, runs32=5, batch=32, warmup=3, mode
 
 
 def format_table(result):
-    """Markdown table of a :func:`run_benchmark` result."""
+    """Markdown table of a :func:`run_benchmark` result (or of :func:`merge_runs`'s, one run per thread count)."""
     batch = result["batch"]
-    lines = [f"| network | mode | params | MAdds run | b1 latency ms (×mfn) | b{batch} img/s (×mfn) | GFLOP/s b{batch} "
-             f"(% matmul) | memory MB b{batch} |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| network | mode | threads | params | MAdds run | b1 latency ms (×mfn) | b{batch} img/s (×mfn) | "
+             f"GFLOP/s b{batch} (% matmul) | memory MB b{batch} |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ratio = r.get("ratio", {})
         lat = f"{r['latency_ms']:.2f}" + (f" ({ratio['latency']:.2f})" if ratio else "")
         thr = f"{r['throughput']:.0f}" + (f" ({ratio['throughput']:.2f})" if ratio else "")
-        lines.append(f"| {r['network']} | {r['mode']} | {r['params'] / 1e6:.2f}M | {_madds(r)} | {lat} | "
-                     f"{thr} | {r['gflops']:.1f} ({100 * r['matmul_fraction']:.0f}%) | {r['memory_mb']:.0f} |")
-    speedups = int8_speedups(result)
-    if speedups:
+        lines.append(f"| {r['network']} | {r['mode']} | {r.get('threads', '')} | {r['params'] / 1e6:.2f}M | "
+                     f"{_madds(r)} | {lat} | {thr} | {r['gflops']:.1f} ({100 * r['matmul_fraction']:.0f}%) | "
+                     f"{r['memory_mb']:.0f} |")
+    for (int8_mode, fp32_mode), label in INT8_PAIRS.items():
+        speedups = int8_speedups(result, int8_mode, fp32_mode)
+        if speedups:
+            lines.append("")
+            lines.append(f"{label} batch-{batch} throughput: "
+                         + ", ".join(f"{name} {x:.2f}×" for name, x in speedups.items()))
+    for m, matmul in zip(result.get("machines", [result["machine"]]), result.get("matmuls", [result["matmul_gflops"]])):
         lines.append("")
-        lines.append(f"INT8 / fused fp32 batch-{batch} throughput: "
-                     + ", ".join(f"{name} {x:.2f}×" for name, x in speedups.items()))
-    m = result["machine"]
-    lines.append("")
-    lines.append(f"{m['cpu']}, {m['cores']} cores; matrix multiply {result['matmul_gflops']['best']:.1f} GFLOP/s; "
-                 f"{m['threads']} threads; load average {m['load_average'][0]:.2f} → {m['load_average_end'][0]:.2f}; "
-                 f"MXNet {m['mxnet']}, ONNX Runtime {m['onnxruntime']}")
+        lines.append(f"{m['cpu']}, {m['cores']} cores; matrix multiply {matmul['best']:.1f} GFLOP/s; "
+                     f"{m['threads']} threads; load average {m['load_average'][0]:.2f} → "
+                     f"{m['load_average_end'][0]:.2f}; MXNet {m['mxnet']}, ONNX Runtime {m['onnxruntime']}")
     return "\n".join(lines)
 
 
-def int8_speedups(result):
-    """{network: INT8 batch throughput / oneDNN-fused fp32 throughput} for networks measured in both modes."""
-    rows = {(r["network"], r["mode"]): r for r in result["rows"]}
-    return {name: rows[(name, "int8")]["throughput"] / rows[(name, "fused")]["throughput"]
-            for name, mode in rows if mode == "int8" and (name, "fused") in rows}
+# (INT8 mode, its fp32 mode) → the label of their throughput ratio under the table
+INT8_PAIRS = {("int8", "fused"): "INT8 / fused fp32", ("onnxruntime_int8", "onnxruntime"): "ONNX Runtime INT8 / fp32"}
+
+
+def int8_speedups(result, int8_mode="int8", fp32_mode="fused"):
+    """{network (with its thread count when the result holds several): INT8 batch throughput / fp32 throughput} for
+    networks measured in both modes (default: MXNet's oneDNN INT8 against the fused fp32 graph)."""
+    rows = {(r["network"], r["mode"], r.get("threads")): r for r in result["rows"]}
+    several = len({key[2] for key in rows}) > 1
+    return {(f"{name} ({threads} threads)" if several else name):
+            rows[(name, int8_mode, threads)]["throughput"] / rows[(name, fp32_mode, threads)]["throughput"]
+            for name, mode, threads in rows if mode == int8_mode and (name, fp32_mode, threads) in rows}
+
+
+def merge_runs(results):
+    """One result of several :func:`run_benchmark` runs (one per thread count): their rows one after the other,
+    each with its run's ratios; the machine figures of every run."""
+    merged = dict(results[0])
+    merged["rows"] = [row for result in results for row in result["rows"]]
+    merged["machines"] = [result["machine"] for result in results]
+    merged["matmuls"] = [result["matmul_gflops"] for result in results]
+    return merged
 
 
 def _madds(row):
@@ -258,7 +285,9 @@ def build_parser():
                         help="NAME=PREFIX,EPOCH (or a model directory): use a checkpoint's weights for NAME")
     parser.add_argument("--layout", default="auto", help="folded-graph layout for deploy/onnxruntime: auto "
                         "(per batch size) or one of " + ", ".join(LAYOUTS))
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for MXNet (OMP) and ONNX Runtime "
+    parser.add_argument("--threads", default="0", help="CPU threads for MXNet (OMP), ONNX Runtime, ncnn and MNN "
+                        "(default 0: all cores); a comma-separated list runs the benchmark once per count, each in a "
+                        "child process, e.g. 1,2 "
                         "(default: all cores)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-runner memory measurement")
     parser.add_argument("--json", default="", help="write the results here")
@@ -294,9 +323,18 @@ def main(argv=None):
             raise ValueError(f"--model-dir {item!r}: expected NAME=PREFIX,EPOCH or NAME=DIRECTORY")
         key, value = item.split("=", 1)
         model_dirs[key] = value
-    share_onnx_threads(args.threads or None)
-    result = run_benchmark(networks, modes, args.runs, args.runs_batch, args.batch, model_dirs=model_dirs,
-                           layout=args.layout, threads=args.threads or None, memory=not args.no_memory)
+    try:
+        thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        thread_counts = []
+    if not thread_counts or min(thread_counts) < 0:
+        raise ValueError(f"--threads {args.threads!r}: expected a thread count or a comma-separated list (0: all cores)")
+    if len(thread_counts) > 1:
+        result = merge_runs([_child_run(args, networks, modes, t) for t in thread_counts])
+    else:
+        share_onnx_threads(thread_counts[0] or None)
+        result = run_benchmark(networks, modes, args.runs, args.runs_batch, args.batch, model_dirs=model_dirs,
+                               layout=args.layout, threads=thread_counts[0] or None, memory=not args.no_memory)
     print(format_table(result))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -304,6 +342,25 @@ def main(argv=None):
             json.dump(result, f, indent=1)
         print(f"results written to {args.json}")
     return 0
+
+
+def _child_run(args, networks, modes, threads):
+    """:func:`run_benchmark` with ``threads`` in a child process (its progress lines pass through): its result."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        out = os.path.join(work, "result.json")
+        command = [sys.executable, os.path.abspath(__file__), "--networks", ",".join(networks), "--modes",
+                   ",".join(modes), "--runs", str(args.runs), "--runs-batch", str(args.runs_batch), "--batch",
+                   str(args.batch), "--layout", args.layout, "--threads", str(threads), "--json", out]
+        command += [f"--model-dir={item}" for item in args.model_dir] + (["--no-memory"] if args.no_memory else [])
+        print(f"== {threads or 'all'} threads", flush=True)
+        done = subprocess.run(command)
+        if done.returncode != 0 or not os.path.isfile(out):
+            raise RuntimeError(f"the benchmark with --threads {threads} failed (exit code {done.returncode})")
+        with open(out) as f:
+            return json.load(f)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
+from deploy.process import use_all_cores  # noqa: E402
+
+use_all_cores()  # threads and their wait policy as the recipe sets them (the measurement's own process too)
 
 DEFAULT_NETWORKS = ("mobilefacenet", "seesaw_shuffle", "seesaw_share")
 
@@ -34,10 +37,11 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, malloc=True):
+def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, malloc=True, cpu_share=True):
     """Time ``steps`` training steps after ``warmup`` ones; returns a result dict (runs in this process).
     ``malloc``: tune glibc's malloc after the first step, as ``recipes/train.py`` does for CPU training
-    (``--malloc-tuning``; one untimed step is run for it even with ``warmup`` 0)."""
+    (``--malloc-tuning``; one untimed step is run for it even with ``warmup`` 0). ``cpu_share``: adapt the
+    thread count to other processes' load after every step, as the recipe does (:mod:`recipes.cpu_share`)."""
     import resource
 
     import mxnet as mx
@@ -46,6 +50,7 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, 
     import symbols
     from deploy.process import tune_malloc
     from recipes import config, fused as fused_ops
+    from recipes.cpu_share import CpuShare
     from recipes.distributed import choose_engine
     from recipes.heads import build_head
     from recipes.loop import TrainState, train_step
@@ -74,14 +79,21 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, 
     data = mx.nd.array(rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32))
     label = mx.nd.array(rng.randint(0, classes, batch_size).astype(np.float32))
     tuned = None
+    share = CpuShare() if cpu_share else None
+    if share:
+        share.on_train_begin(state)
     for i in range(max(warmup, 1 if malloc else 0)):
         train_step(state, data, label, loss_fn)
         if malloc and i == 0:  # as recipes/train.py: after the first step (tune_malloc_after_first_step)
             tuned = tune_malloc()
+        if share:
+            share.on_batch_end(state, {})
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(steps):
         train_step(state, data, label, loss_fn)
+        if share:
+            share.on_batch_end(state, {})
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     images = steps * batch_size
@@ -90,7 +102,8 @@ def measure(network, batch_size, steps, warmup, hybridize, classes, fused=True, 
             "system_seconds_per_step": (usage.ru_stime - usage0.ru_stime) / steps,
             "page_faults_per_step": (usage.ru_minflt - usage0.ru_minflt) / steps,
             "malloc": "tuned" if tuned else "default",
-            "cores": os.cpu_count(), "peak_rss_gb": peak_rss_gb(), "engine": engine}
+            "cores": os.cpu_count(), "peak_rss_gb": peak_rss_gb(), "engine": engine,
+            "threads_at_end": share.threads if share else None}
 
 
 def build_parser():
@@ -121,9 +134,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args._one:
-        network, mode, fused, malloc = args._one.split(":")
+        network, mode, fused, malloc, *share = args._one.split(":")
         print(json.dumps(measure(network, args.batch_size, args.steps, args.warmup, mode, args.classes,
-                                 fused == "on", malloc == "tuned")))
+                                 fused == "on", malloc == "tuned", share != ["off"])))
         return 0
     import symbols
     networks = [n.strip() for n in args.networks.split(",") if n.strip()]
