@@ -99,7 +99,7 @@ class TrainLoader:
         batch.done.wait()
         if batch.errors:
             raise batch.errors[min(batch.errors)]  # the first failing chunk's error, whatever the timing
-        return mx.nd.from_numpy(batch.data, zero_copy=True), mx.nd.array(batch.labels, dtype=np.float32)
+        return mx.nd.from_numpy(batch.data, zero_copy=True), mx.nd.from_numpy(batch.labels, zero_copy=True)
 
     def __iter__(self):
         return self.iterate()
