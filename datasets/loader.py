@@ -15,7 +15,7 @@ import numpy as np
 
 from .verification_bin import IMAGE_SIZE
 
-CHUNK = 16  # images per task: a few milliseconds of decoding against ~20 microseconds of task overhead
+CHUNK = 32  # images per task: ~4 ms of decoding against ~20 microseconds of task overhead
 
 
 class _BufferPool:
@@ -80,12 +80,19 @@ class TrainLoader:
     def __len__(self):
         return len(self.batch_sampler)
 
-    def _fill(self, batch, indices, plan, lo, hi, reader):
-        """Decode items ``indices[lo:hi]`` into rows ``lo:hi`` of ``batch`` (runs in a worker thread)."""
-        data, labels = batch.data, batch.labels
+    def _fill(self, batch, indices, plan, lo, hi, reader, stage):
+        """Decode items ``indices[lo:hi]`` into rows ``lo:hi`` of ``batch`` through ``stage`` (uint8, at least
+        ``hi - lo`` images): short OpenCV copies per image, then one cast for all, long enough to run in
+        parallel without the GIL."""
+        labels = batch.labels
         for j in range(lo, hi):
             image, labels[j] = self.dataset.read_bgr(indices[j], reader)
-            self.augment.write(image, data[j], plan, j)
+            self.augment.stage(image, stage[j - lo], plan, j)
+        self.augment.write_staged(stage[:hi - lo], batch.data[lo:hi], plan, lo)
+
+    @staticmethod
+    def _stage(n):
+        return np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
 
     def _start(self, epoch, rank, k, indices, chunks=0):
         n = len(indices)
@@ -116,20 +123,24 @@ class TrainLoader:
             yield from self._threaded(batches, epoch, rank)
 
     def _inline(self, batches, epoch, rank):
+        stage = self._stage(self.batch_sampler.batch_size)
         for k, indices in batches:
             batch, plan = self._start(epoch, rank, k, indices)
-            self._fill(batch, indices, plan, 0, len(indices), self.dataset.reader)
+            self._fill(batch, indices, plan, 0, len(indices), self.dataset.reader, stage)
             yield self._hand_over(batch)
 
     def _threaded(self, batches, epoch, rank):
-        local = threading.local()  # one RecordReader (file descriptor) per thread, closed when its thread ends
+        local = threading.local()  # per thread: a RecordReader (file descriptor, closed when its thread ends), a stage
 
         def task(batch, indices, plan, lo, hi):
             try:
                 reader = getattr(local, "reader", None)
                 if reader is None:
                     reader = local.reader = self.dataset.open_reader()
-                self._fill(batch, indices, plan, lo, hi, reader)
+                    local.stage = self._stage(CHUNK)
+                if len(local.stage) < hi - lo:
+                    local.stage = self._stage(hi - lo)
+                self._fill(batch, indices, plan, lo, hi, reader, local.stage)
             except BaseException as error:  # handed to the consumer by _hand_over
                 batch.finish(lo, error)
             else:

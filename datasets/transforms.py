@@ -3,6 +3,7 @@
 Images stay raw RGB 0–255 here: every network normalises its own input as its first operators
 (:func:`symbols.common.normalize_input`), so nothing in the data path may normalise.
 """
+import cv2
 import numpy as np
 
 _GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B
@@ -105,3 +106,22 @@ class BatchAugment:
         write_input(bgr, out, flips[j])
         if factors is not None:
             jitter_input(out, *factors[j])
+
+    @staticmethod
+    def stage(bgr, row, plan, j):
+        """Copy decoded BGR image number ``j`` of a planned batch into ``row`` (uint8 ``(H, W, 3)``), mirrored if
+        planned; OpenCV's flip writes in place without the GIL."""
+        if plan[0][j]:
+            cv2.flip(bgr, 1, row)
+        else:
+            row[...] = bgr
+
+    @staticmethod
+    def write_staged(stage, out, plan, lo):
+        """Cast staged BGR images ``lo, lo + 1, ...`` (uint8 ``(n, H, W, 3)``) into ``out`` (float32 ``(n, 3, H, W)``
+        RGB 0–255) in one call, then colour-jitter them as planned: the same values as :meth:`write`."""
+        np.copyto(out, stage.transpose(0, 3, 1, 2)[:, ::-1], casting="unsafe")
+        factors = plan[1]
+        if factors is not None:
+            for image, row in zip(out, factors[lo:lo + len(out)]):
+                jitter_input(image, *row)

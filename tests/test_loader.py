@@ -173,3 +173,19 @@ def test_a_resumed_epoch_continues_with_the_same_batches(faces, workers):
     assert len(tail) == len(whole) - 3
     for (d, l), (rd, rl) in zip(tail, whole[3:]):
         assert d.tobytes() == rd.tobytes() and l.tobytes() == rl.tobytes()
+
+
+def test_staged_write_equals_the_per_image_write(faces):
+    from datasets.transforms import BatchAugment
+    images = faces[1][:10, :, :, ::-1].copy()  # as OpenCV decodes them (BGR)
+    augment = BatchAugment(mirror=True, color_jitter=0.3, seed=3)
+    plan = augment.plan(12, 0, 0, 5)
+    assert 0 < plan[0][2:].sum() < 10
+    one = np.empty((10, 3, 112, 112), np.float32)
+    for j, image in enumerate(images):
+        augment.write(image, one[j], plan, j + 2)
+    stage, staged = np.empty((10, 112, 112, 3), np.uint8), np.empty_like(one)
+    for j, image in enumerate(images):
+        augment.stage(image, stage[j], plan, j + 2)
+    augment.write_staged(stage, staged, plan, 2)
+    assert staged.tobytes() == one.tobytes()
