@@ -1,9 +1,10 @@
-"""The training loader: threads decode each batch straight into a reused float32 array, handed to MXNet uncopied.
+"""The training loader: threads decode each batch into a reused float32 array, handed to MXNet uncopied.
 
-OpenCV's decode and numpy's casting copies release the GIL, so decoding threads run in parallel while the
-training process keeps each batch where it was written (no pickling, no copy between processes). What a
-batch holds depends only on the sampler's index list and the augmentation plan of (seed, epoch, rank, batch
-index), never on which thread wrote which image.
+OpenCV's decode and flip, and one numpy cast per chunk of images (a per-image copy is too short to gain from
+releasing the GIL), run without the GIL, so decoding threads run in parallel while the training process keeps
+each batch where it was written (no pickling, no copy between processes). What a batch holds depends only on
+the sampler's index list and the augmentation plan of (seed, epoch, rank, batch index), never on which thread
+wrote which image.
 """
 import collections
 import itertools
