@@ -5,6 +5,8 @@ lazily (handles are reopened when the process id changes) and every malformed by
 the file. It understands dmlc's multi-part records (a payload that contains the magic number at an aligned
 offset is split by the writer). Writing goes through MXNet's own ``mx.recordio.MXIndexedRecordIO``.
 """
+import copy
+import mmap
 import os
 import struct
 
@@ -84,11 +86,11 @@ class RecordReader:
         self._offset = dict(zip(keys.tolist(), offsets.tolist()))
         self._fd = None
         self._pid = None
+        self._map = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_fd"] = None
-        state["_pid"] = None
+        state["_fd"], state["_pid"], state["_map"] = None, None, None
         return state
 
     def _handle(self):
@@ -96,14 +98,33 @@ class RecordReader:
         if self._fd is None or self._pid != pid:
             self._fd = os.open(self.rec_path, os.O_RDONLY)
             self._pid = pid
+            self._map = None  # a mapping inherited over fork belongs to the parent's descriptor
         return self._fd
+
+    def mapping(self):
+        """The file mapped read-only through this reader's descriptor: records are sliced from it without a read
+        call (so without releasing and re-taking the GIL for each)."""
+        fd = self._handle()
+        if self._map is None:
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        return self._map
+
+    def clone(self):
+        """A reader of the same file and index with its own descriptor (opened on first read), e.g. one per thread."""
+        other = copy.copy(self)
+        other._fd, other._pid, other._map = None, None, None
+        return other
 
     def close(self):
         """Close this process's descriptor (reopened on the next read)."""
+        if self._map is not None and self._pid == os.getpid():
+            try:
+                self._map.close()
+            except BufferError:  # an array still views it: the mapping goes when that array does
+                pass
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
-        self._fd = None
-        self._pid = None
+        self._fd, self._pid, self._map = None, None, None
 
     def __del__(self):
         try:

@@ -7,22 +7,26 @@ checked against the labels found.
 """
 import logging
 import math
-import multiprocessing
 import os
 import struct
+import threading
 import warnings
 
+import cv2
 import numpy as np
 from mxnet import gluon
 
 from .errors import DataError
-from .recordio import RecordReader, read_property, unpack_header
-from .transforms import BatchAugment, to_input
-from .verification_bin import IMAGE_SIZE, decode_image
+from .loader import TrainLoader
+from .recordio import MAGIC, RecordReader, read_property, unpack_header
+from .transforms import BatchAugment
+from .verification_bin import IMAGE_SIZE
 
 logger = logging.getLogger("seesawface.datasets")
 
 MAX_CONSECUTIVE_SKIPS = 16
+MAX_SINGLE_READ = 1 << 20  # larger records (and multi-part ones) go through RecordReader.read
+_HEAD = struct.Struct("<IIIf")  # RecordIO magic, length word, then IRHeader flag and label
 
 
 def _class_of(label, where):
@@ -36,10 +40,12 @@ class FaceRecordDataset(gluon.data.Dataset):
     """Face images of an indexed RecordIO file (either layout of docs/formats.md).
 
     ``dataset[i]`` -> ``(float32 (3, 112, 112) RGB 0–255, int label)`` with optional random mirror and
-    colour jitter; ``dataset.read_image(i)`` -> ``(uint8 (112, 112, 3) RGB, int label)`` without augmentation.
+    colour jitter; ``dataset.read_image(i)`` -> ``(uint8 (112, 112, 3) RGB, int label)`` without augmentation;
+    ``dataset.read_bgr(i, reader)`` is the loader's path (OpenCV's BGR, through a reader of the calling thread).
     Attributes: ``num_classes``, ``labels`` (int32 per item), ``layout`` ('ms1mv2' or 'flat'),
-    ``num_skipped`` (corrupt records skipped so far, over all worker processes). The RecordIO file is opened
-    lazily in each process. Records of another size are resized (with one warning per process).
+    ``num_skipped`` (corrupt records skipped so far). The RecordIO file is opened lazily in each process
+    (:meth:`open_reader` gives a thread its own descriptor). Records of another size are resized (with one
+    warning per process).
     """
 
     def __init__(self, rec_path, idx_path=None, mirror=False, color_jitter=0.0, property_path=None):
@@ -47,8 +53,9 @@ class FaceRecordDataset(gluon.data.Dataset):
         self.reader = RecordReader(self.rec_path, idx_path)
         self.mirror = mirror
         self.color_jitter = color_jitter
-        self._augment = BatchAugment(mirror=mirror, color_jitter=color_jitter)
-        self._skipped = multiprocessing.Value("q", 0)
+        self._augment = BatchAugment(mirror=mirror, color_jitter=color_jitter, seed=None)
+        self._skipped = 0
+        self._skip_lock = threading.Lock()
         self._warned_resize = None
         self._check_tail()
         if 0 in self.reader:
@@ -63,6 +70,7 @@ class FaceRecordDataset(gluon.data.Dataset):
             self._init_flat()
         if len(self.keys) == 0:
             raise DataError(f"{self.rec_path}: holds no image records")
+        self._locate()
         self._check_property(property_path)
 
     # ---------------------------------------------------------------- structure
@@ -125,6 +133,16 @@ class FaceRecordDataset(gluon.data.Dataset):
         self.labels = labels
         self.num_classes = int(labels.max()) + 1
 
+    def _locate(self):
+        """Byte position of every item and how far the next record starts, so one ``pread`` fetches a record."""
+        keys, offsets = self.reader.keys, self.reader.offsets
+        order = np.argsort(keys, kind="stable")
+        last = np.searchsorted(keys[order], self.keys, side="right") - 1  # a repeated key: its last line wins
+        self._pos = offsets[order[last]]
+        bounds = np.unique(np.append(offsets, self.reader.file_size))
+        following = bounds[np.minimum(np.searchsorted(bounds, self._pos, side="right"), len(bounds) - 1)]
+        self._span = np.minimum(following - self._pos, MAX_SINGLE_READ)
+
     def _check_property(self, property_path):
         path = property_path or os.path.join(os.path.dirname(os.path.abspath(self.rec_path)), "property")
         if not os.path.isfile(path):
@@ -139,12 +157,12 @@ class FaceRecordDataset(gluon.data.Dataset):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_skipped"] = self._skipped.value  # shared counter only survives fork; pickles carry the count
+        del state["_skip_lock"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._skipped = multiprocessing.Value("q", int(state["_skipped"]))
+        self._skip_lock = threading.Lock()
 
     # ---------------------------------------------------------------- access
     def __len__(self):
@@ -152,61 +170,80 @@ class FaceRecordDataset(gluon.data.Dataset):
 
     @property
     def num_skipped(self):
-        """Number of corrupt records skipped so far (summed over worker processes)."""
-        return self._skipped.value
+        """Number of corrupt records skipped so far (by any thread)."""
+        return self._skipped
 
-    def _decode(self, i):
+    def open_reader(self):
+        """A :class:`RecordReader` of this file with its own descriptor (opened on first read): one per thread."""
+        return self.reader.clone()
+
+    def _record(self, i, reader):
+        """``(label, body uint8 array)`` of item ``i``, sliced from the reader's mapping of the file; multi-part or
+        damaged records go through :meth:`RecordReader.read` (which names what is wrong)."""
+        pos, span = int(self._pos[i]), int(self._span[i])
+        if span >= _HEAD.size:
+            buf = reader.mapping()
+            magic, lrec, flag, label = _HEAD.unpack_from(buf, pos)
+            end = 8 + (lrec & ((1 << 29) - 1))
+            start = 32 + 4 * flag
+            if magic == MAGIC and lrec >> 29 == 0 and end <= span and start <= end:
+                if flag > 0:
+                    label = struct.unpack_from("<f", buf, pos + 32)[0]
+                return label, np.frombuffer(buf, np.uint8, end - start, pos + start)
         key = int(self.keys[i])
-        where = f"{self.rec_path}: record {key}"
-        _, label, _, _, body = unpack_header(self.reader.read(key), where)
-        if _class_of(label, where) != self.labels[i]:
-            raise DataError(f"{where}: label {_class_of(label, where)} disagrees with its identity record "
-                            f"({self.labels[i]})")
-        image, resized = decode_image(body, IMAGE_SIZE, what=where)
-        if resized and self._warned_resize != os.getpid():
-            self._warned_resize = os.getpid()
-            warnings.warn(f"{self.rec_path}: records are not {IMAGE_SIZE}x{IMAGE_SIZE}; resizing them")
-        return image, int(self.labels[i])
+        flag, label, _, _, body = unpack_header(reader.read(key), f"{self.rec_path}: record {key}")
+        return (float(label[0]) if flag > 0 else label), np.frombuffer(body, np.uint8)
 
-    def read_image(self, i):
-        """``(uint8 (112, 112, 3) RGB, int label)`` of item ``i``.
+    def _decode(self, i, reader):
+        label, body = self._record(i, reader)
+        expected = int(self.labels[i])
+        if label != expected:
+            where = f"{self.rec_path}: record {int(self.keys[i])}"
+            raise DataError(f"{where}: label {_class_of(label, where)} disagrees with its identity record "
+                            f"({expected})")
+        image = cv2.imdecode(body, cv2.IMREAD_COLOR) if body.size else None
+        if image is None:
+            raise DataError(f"{self.rec_path}: record {int(self.keys[i])}: not a decodable image ({body.size} bytes)")
+        if image.shape[0] != IMAGE_SIZE or image.shape[1] != IMAGE_SIZE:
+            image = cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+            if self._warned_resize != os.getpid():
+                self._warned_resize = os.getpid()
+                warnings.warn(f"{self.rec_path}: records are not {IMAGE_SIZE}x{IMAGE_SIZE}; resizing them")
+        return image, expected
+
+    def read_bgr(self, i, reader=None):
+        """``(uint8 (112, 112, 3) BGR, int label)`` of item ``i`` as OpenCV decodes it, read through ``reader``
+        (default: this dataset's own).
 
         A record whose payload is not a decodable image is skipped (counted in ``num_skipped``, logged) and
         the next item is returned instead; structural damage (truncation, bad magic) raises :class:`DataError`.
         """
+        reader = self.reader if reader is None else reader
         n = len(self.keys)
         for attempt in range(MAX_CONSECUTIVE_SKIPS):
             j = (i + attempt) % n
             try:
-                return self._decode(j)
+                return self._decode(j, reader)
             except DataError as err:
                 if "not a decodable image" not in str(err):
                     raise
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
-                logger.warning("skipping corrupt training record (%d skipped so far): %s", self._skipped.value, err)
+                with self._skip_lock:
+                    self._skipped += 1
+                    skipped = self._skipped
+                logger.warning("skipping corrupt training record (%d skipped so far): %s", skipped, err)
         raise DataError(f"{self.rec_path}: {MAX_CONSECUTIVE_SKIPS} consecutive records from item {i} are not "
                         "decodable images; the file looks corrupt")
 
+    def read_image(self, i):
+        """``(uint8 (112, 112, 3) RGB, int label)`` of item ``i`` (corrupt records skipped as in :meth:`read_bgr`)."""
+        image, label = self.read_bgr(i)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), label
+
     def __getitem__(self, i):
-        image, label = self.read_image(i)
-        data = to_input(self._augment.augment(image[None].copy()))[0]
+        image, label = self.read_bgr(i)
+        data = np.empty((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        self._augment.write(image, data, self._augment.plan(1, rng=np.random.default_rng()), 0)
         return data, label
-
-    def raw(self):
-        """A view of this dataset whose items are un-augmented ``(uint8 HWC RGB, int label)`` (for batchify)."""
-        return _RawView(self)
-
-
-class _RawView(gluon.data.Dataset):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset.read_image(i)
 
 
 class ShardedBatchSampler(gluon.data.Sampler):
@@ -255,38 +292,20 @@ class ShardedBatchSampler(gluon.data.Sampler):
         return (self.per_rank + self.batch_size - 1) // self.batch_size
 
 
-class TrainLoader(gluon.data.DataLoader):
-    """Gluon DataLoader whose batches are always on ``mx.cpu()`` (worker batches arrive in shared memory).
-
-    ``loader.batch_sampler`` is the :class:`ShardedBatchSampler` (``set_epoch``, ``len``).
-    """
-
-    def __init__(self, *args, batch_sampler=None, **kwargs):
-        super().__init__(*args, batch_sampler=batch_sampler, **kwargs)
-        self.batch_sampler = batch_sampler
-
-    def __iter__(self):
-        import mxnet as mx
-        cpu = mx.cpu()
-        for data, label in super().__iter__():
-            if data.context != cpu:
-                data, label = data.as_in_context(cpu), label.as_in_context(cpu)
-            yield data, label
-
-
 def build_train_loader(rec_path, batch_size, num_workers=2, shuffle=True, last_batch="discard", rank=0,
-                       num_parts=1, mirror=True, color_jitter=0.0, seed=0, idx_path=None):
-    """Training DataLoader over ``rec_path``; returns ``(loader, dataset)``.
+                       num_parts=1, mirror=True, color_jitter=0.0, seed=0, idx_path=None, prefetch=2):
+    """Training loader over ``rec_path``; returns ``(loader, dataset)``.
 
     Batches are ``(data float32 (B, 3, 112, 112) RGB 0–255, label float32 (B,))`` NDArrays on ``mx.cpu()``.
-    Decoding
-    runs in ``num_workers`` processes (0 = in this process); mirror / jitter / normalisation are vectorised
-    per batch. With ``num_parts > 1`` this rank reads a disjoint shard (see :class:`ShardedBatchSampler`);
-    ``loader.batch_sampler.set_epoch(e)`` selects an epoch's shuffle (e.g. when resuming).
+    Decoding runs in ``num_workers`` threads (0 = in the calling thread), ``prefetch`` batches ahead
+    (:class:`datasets.loader.TrainLoader`); a batch is the same for a seed whatever ``num_workers``, its mirror
+    and jitter drawn from ``(seed, epoch, rank, batch index)``. With ``num_parts > 1`` this rank reads a
+    disjoint shard (see :class:`ShardedBatchSampler`); ``loader.batch_sampler.set_epoch(e)`` selects an
+    epoch's shuffle (e.g. when resuming).
     """
     dataset = FaceRecordDataset(rec_path, idx_path=idx_path, mirror=mirror, color_jitter=color_jitter)
     sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=shuffle, last_batch=last_batch, rank=rank,
                                   num_parts=num_parts, seed=seed)
-    batchify = BatchAugment(mirror=mirror, color_jitter=color_jitter, shared=num_workers > 0)
-    loader = TrainLoader(dataset.raw(), batch_sampler=sampler, batchify_fn=batchify, num_workers=num_workers)
+    augment = BatchAugment(mirror=mirror, color_jitter=color_jitter, seed=seed)
+    loader = TrainLoader(dataset, sampler, augment, num_workers=num_workers, prefetch=prefetch)
     return loader, dataset

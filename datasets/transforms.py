@@ -1,11 +1,12 @@
-"""Batch-level augmentation and the networks' input layout, vectorised in numpy (no per-pixel Python work).
+"""Augmentation and the networks' input layout: decoded images written straight into float32 NCHW batches.
 
 Images stay raw RGB 0–255 here: every network normalises its own input as its first operators
 (:func:`symbols.common.normalize_input`), so nothing in the data path may normalise.
 """
-import os
-
+import cv2
 import numpy as np
+
+_GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B
 
 
 def to_input(batch_uint8_nhwc):
@@ -19,12 +20,48 @@ def to_input(batch_uint8_nhwc):
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+def write_input(bgr, out, flip=False):
+    """Write OpenCV's BGR uint8 ``(H, W, 3)`` image into ``out``, float32 ``(3, H, W)`` RGB 0–255, mirrored
+    left-right if ``flip``: one strided cast, so a decoded image is copied once, without holding the GIL."""
+    view = bgr[:, ::-1] if flip else bgr
+    np.copyto(out, view.transpose(2, 0, 1)[::-1], casting="unsafe")
+
+
 def random_mirror(batch, rng, p=0.5):
     """Flip each image of ``(N, H, W, C)`` left-right with probability ``p`` (in place; returns the batch)."""
     flip = rng.random(batch.shape[0]) < p
     if flip.any():
         batch[flip] = batch[flip, :, ::-1]
     return batch
+
+
+def jitter_factors(rng, n, strength):
+    """Saturation, contrast and brightness factors of ``n`` images, float32 ``(n, 3)``, each in 1 ± ``strength``."""
+    factors = [rng.uniform(1 - strength, 1 + strength, n) for _ in range(3)]
+    return np.stack(factors, axis=1).astype(np.float32)
+
+
+def jitter_input(image, saturation, contrast, brightness):
+    """Colour-jitter one float32 ``(3, H, W)`` RGB 0–255 image in place; the result is clipped and floored,
+    as if it were stored as uint8 again.
+
+    Saturation blends with the grey image, contrast with its mean grey, brightness scales: all three fold
+    into ``a * x + b * grey + c``.
+    """
+    grey = image[0] * np.float32(_GREY[0])
+    grey += image[1] * np.float32(_GREY[1])
+    grey += image[2] * np.float32(_GREY[2])
+    mean = grey.mean(dtype=np.float32)
+    a = np.float32(saturation * contrast * brightness)
+    b = np.float32((1 - saturation) * contrast * brightness)
+    c = np.float32(mean * (1 - contrast) * brightness)
+    grey *= b
+    grey += c
+    image *= a
+    image += grey
+    np.clip(image, 0, 255, out=image)
+    np.floor(image, out=image)
+    return image
 
 
 def color_jitter(batch, rng, strength):
@@ -34,69 +71,57 @@ def color_jitter(batch, rng, strength):
     """
     if strength <= 0:
         return batch
-    n = batch.shape[0]
-    x = batch.astype(np.float32)
-    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    sat = rng.uniform(1 - strength, 1 + strength, (n, 1, 1, 1)).astype(np.float32)
-    x = grey[..., None] + (x - grey[..., None]) * sat
-    con = rng.uniform(1 - strength, 1 + strength, (n, 1, 1, 1)).astype(np.float32)
-    mean = grey.mean(axis=(1, 2)).reshape(n, 1, 1, 1)
-    bri = rng.uniform(1 - strength, 1 + strength, (n, 1, 1, 1)).astype(np.float32)
-    x = ((x - mean) * con + mean) * bri
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-class _ProcessRNG:
-    """A numpy Generator reseeded in every process (forked workers must not share a random stream)."""
-
-    def __init__(self, seed=None):
-        self.seed = seed
-        self._pid = None
-        self._rng = None
-
-    def __getstate__(self):
-        return {"seed": self.seed, "_pid": None, "_rng": None}
-
-    def get(self):
-        pid = os.getpid()
-        if self._rng is None or self._pid != pid:
-            seq = np.random.SeedSequence() if self.seed is None else np.random.SeedSequence([self.seed, pid])
-            self._rng = np.random.default_rng(seq)
-            self._pid = pid
-        return self._rng
+    factors = jitter_factors(rng, batch.shape[0], strength)
+    x = to_input(batch)
+    for image, row in zip(x, factors):
+        jitter_input(image, *row)
+    return x.transpose(0, 2, 3, 1).astype(np.uint8)
 
 
 class BatchAugment:
-    """``batchify_fn`` for the Gluon DataLoader: list of ``(uint8 HWC RGB, label)`` -> ``(data, label)`` NDArrays.
+    """Mirror and colour jitter of a batch, drawn up front for the whole batch from its own seeded generator.
 
-    Stacks, mirrors and colour-jitters the batch with one vectorised pass into float32 NCHW (values 0–255).
-    ``shared=True`` puts the arrays in shared memory (for worker processes).
+    :meth:`plan` draws every image's choices at once (from ``(seed, *key)``, e.g. epoch, rank and batch index),
+    and :meth:`write` applies them one image at a time; so a batch is the same whichever thread writes which
+    of its images.
     """
 
-    def __init__(self, mirror=True, color_jitter=0.0, shared=False, seed=None):
-        self.mirror = mirror
+    def __init__(self, mirror=False, color_jitter=0.0, seed=0):
+        self.mirror = bool(mirror)
         self.color_jitter = float(color_jitter)
-        self.shared = shared
-        self.rng = _ProcessRNG(seed)
+        self.seed = np.random.SeedSequence().entropy if seed is None else int(seed)
 
-    def augment(self, images):
-        """Mirror / jitter a uint8 ``(N, H, W, 3)`` batch; returns uint8."""
-        rng = self.rng.get()
-        if self.mirror:
-            images = random_mirror(images, rng)
-        return color_jitter(images, rng, self.color_jitter)
+    def plan(self, n, *key, rng=None):
+        """``(flips bool (n,), factors float32 (n, 3) or None)`` for ``n`` images; ``rng`` overrides the seeding."""
+        if rng is None:
+            rng = np.random.default_rng([self.seed, *key])
+        flips = rng.random(n) < 0.5 if self.mirror else np.zeros(n, dtype=bool)
+        factors = jitter_factors(rng, n, self.color_jitter) if self.color_jitter > 0 else None
+        return flips, factors
 
-    def __call__(self, samples):
-        import mxnet as mx
-        labels = np.array([s[1] for s in samples], dtype=np.float32)
-        if self.color_jitter > 0:
-            data = to_input(self.augment(np.stack([s[0] for s in samples])))
-        else:  # fast path: mirror while transposing each image into the float batch
-            rng = self.rng.get()
-            flip = rng.random(len(samples)) < 0.5 if self.mirror else np.zeros(len(samples), bool)
-            h, w = samples[0][0].shape[:2]
-            data = np.empty((len(samples), 3, h, w), dtype=np.float32)
-            for i, (img, _) in enumerate(samples):
-                data[i] = (img[:, ::-1] if flip[i] else img).transpose(2, 0, 1)
-        ctx = mx.Context("cpu_shared", 0) if self.shared else mx.cpu()
-        return mx.nd.array(data, ctx=ctx, dtype=np.float32), mx.nd.array(labels, ctx=ctx, dtype=np.float32)
+    @staticmethod
+    def write(bgr, out, plan, j):
+        """Write decoded BGR image number ``j`` of a planned batch into ``out`` (float32 ``(3, H, W)``)."""
+        flips, factors = plan
+        write_input(bgr, out, flips[j])
+        if factors is not None:
+            jitter_input(out, *factors[j])
+
+    @staticmethod
+    def stage(bgr, row, plan, j):
+        """Copy decoded BGR image number ``j`` of a planned batch into ``row`` (uint8 ``(H, W, 3)``), mirrored if
+        planned; OpenCV's flip writes in place without the GIL."""
+        if plan[0][j]:
+            cv2.flip(bgr, 1, row)
+        else:
+            row[...] = bgr
+
+    @staticmethod
+    def write_staged(stage, out, plan, lo):
+        """Cast staged BGR images ``lo, lo + 1, ...`` (uint8 ``(n, H, W, 3)``) into ``out`` (float32 ``(n, 3, H, W)``
+        RGB 0–255) in one call, then colour-jitter them as planned: the same values as :meth:`write`."""
+        np.copyto(out, stage.transpose(0, 3, 1, 2)[:, ::-1], casting="unsafe")
+        factors = plan[1]
+        if factors is not None:
+            for image, row in zip(out, factors[lo:lo + len(out)]):
+                jitter_input(image, *row)

@@ -34,7 +34,7 @@ OPTIONS = {
                                "synthetic dataset (cached under --synthetic-root)"),
     "synthetic_root": ("data", ".cache/synthetic", "where the default synthetic dataset is generated once"),
     "batch_size": ("data", 128, "batch size per device"),
-    "num_workers": ("data", 1, "data decoding processes (0 = in the training process)"),
+    "num_workers": ("data", 1, "data decoding threads (0 = decode in the training loop's thread)"),
     "mirror": ("data", True, "random horizontal flip"),
     "color_jitter": ("data", 0.0, "brightness/contrast/saturation jitter strength (0 = off)"),
     # model

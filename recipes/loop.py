@@ -139,37 +139,15 @@ def train_step(state, data, label, loss_fn):
     return loss_value, accuracy, samples
 
 
-class _SkippedBatches:
-    """A batch sampler without its first ``skip`` batches (for the data loader of a resumed epoch)."""
-
-    def __init__(self, sampler, skip):
-        self.sampler, self.skip = sampler, int(skip)
-
-    def __iter__(self):
-        batches = iter(self.sampler)
-        for _ in range(self.skip):
-            next(batches)
-        return batches
-
-    def __len__(self):
-        return len(self.sampler) - self.skip
-
-
 def epoch_batches(loader, epoch, start_batch=0):
-    """Iterate ``loader`` over epoch ``epoch``'s batches from ``start_batch`` on: the same indices, in the same
-    order, as the batches ``start_batch..`` of an uninterrupted epoch; the skipped ones are not decoded."""
+    """Iterate ``loader`` over epoch ``epoch``'s batches from ``start_batch`` on: the same indices and
+    augmentation, in the same order, as the batches ``start_batch..`` of an uninterrupted epoch; the skipped
+    ones are not decoded (:meth:`datasets.loader.TrainLoader.iterate`)."""
     sampler = loader.batch_sampler
     sampler.set_epoch(epoch)
-    if not start_batch:
-        yield from loader
-        return
-    if not 0 < start_batch < len(sampler):
+    if start_batch and not 0 < start_batch < len(sampler):
         raise ValueError(f"cannot start epoch {epoch + 1} at batch {start_batch}: it has {len(sampler)} batches")
-    loader._batch_sampler = _SkippedBatches(sampler, start_batch)  # gluon's DataLoader iterates this attribute
-    try:
-        yield from loader
-    finally:
-        loader._batch_sampler = sampler
+    yield from loader.iterate(start_batch)
 
 
 def train_one_epoch(state, loader, loss_fn, start_batch=0):
