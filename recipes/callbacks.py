@@ -184,6 +184,12 @@ def plot_curves(path, loss_csv, metrics_csv, loss_name="softmax"):
         ax_acc.set_ylabel("verification accuracy")
         ax_acc.grid(alpha=0.3)
         ax_acc.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """Write a matplotlib figure to ``path`` atomically (a reader never sees half a PNG) and close it."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=90)

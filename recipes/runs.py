@@ -2,7 +2,7 @@
 ``metrics.csv`` and ``loss.csv`` (the rehearsal's ArcFace-vs-softmax figure, docs/training.md)."""
 import os
 
-from .callbacks import read_rows
+from .callbacks import read_rows, save_figure
 
 
 def load_run(folder):
@@ -51,8 +51,4 @@ def plot(runs, path):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
