@@ -3,12 +3,13 @@
 MXNet's kernels, oneDNN and the fused operators split every operator's work evenly over their OpenMP threads and
 wait for the slowest; a thread that shares its core with another busy process makes every operator wait for it,
 so two threads on two cores beside one CPU-bound process run far below half speed. :class:`CpuShare` measures,
-every few seconds, how many cores other (not niced) processes keep busy and computes on the rest (at least one
+every second, how many cores other (not niced) processes keep busy and computes on the rest (at least one
 thread), going back to every core when they are free again. One-device CPU training only: there the operators
 run in the training thread (MXNet's NaiveEngine), whose thread count this sets; and not when the user fixed the
 thread count with ``OMP_NUM_THREADS``.
 """
 import os
+import time
 
 from deploy.process import cores_used_by_others, cpu_sample, set_cpu_threads, threads_chosen_by_user
 
@@ -33,10 +34,12 @@ class CpuShare(Callback):
         return max(1, min(self.cores, self.cores - int(others + self.margin)))
 
     def on_batch_end(self, state, batch):
-        now = cpu_sample()
-        if self.last is None or now[0] - self.last[0] < self.interval:
-            self.last = self.last or now
+        if self.last is None:
+            self.last = cpu_sample()
             return
+        if time.monotonic() - self.last[0] < self.interval:  # /proc is read once an interval, not every batch
+            return
+        now = cpu_sample()
         others = cores_used_by_others(self.last, now)
         self.last = now
         threads = self.wanted(others)
